@@ -30,15 +30,21 @@ class Settings(BaseSettings):
     admin_token: str = ""
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
 
+    database_pool_size: int = Field(default=20, ge=1, le=500)
+
     stream_prefix: str = ""
+    work_tiers: dict[str, str] = Field(
+        default_factory=dict,
+        description='Tier overrides as JSON, for example {"email": "low"}.',
+    )
     consumer_base: int = Field(default=1, ge=1, le=64)
     consumer_batch_size: int = Field(default=32, ge=1, le=1000)
     stream_block_ms: int = Field(default=1000, ge=10)
     retry_base_seconds: float = Field(default=0.5, gt=0)
     retry_factor: float = Field(default=2.0, ge=1)
-    retry_cap_seconds: float = Field(default=30.0, gt=0)
+    retry_cap_seconds: float = Field(default=10.0, gt=0)
     retry_max_attempts: int = Field(default=6, ge=1)
-    handler_timeout_seconds: float = Field(default=20.0, gt=0)
+    handler_timeout_seconds: float = Field(default=15.0, gt=0)
     reclaim_idle_seconds: float = Field(default=30.0, gt=0)
     backlog_limit: int = Field(default=200_000, ge=1)
 

@@ -21,7 +21,7 @@ from fpdf.enums import Align, XPos, YPos
 
 ORDER_ID_PATTERN = re.compile(r"ORD-[0-9A-Za-z-]{1,100}")
 
-# Longer product names are cut so that one table row always fits on a page.
+# Longer product names and IDs are cut so that one table row always fits on a page.
 PRODUCT_NAME_MAX_CHARS = 200
 PRODUCT_ID_MAX_CHARS = 60
 
@@ -126,7 +126,7 @@ def validate_order_id(order_id: str) -> None:
 
 
 def replace_non_latin1(text: str) -> str:
-    """Return the text as it prints in a core PDF font, which covers Latin-1 only.
+    """Replace every character outside Latin-1, the range a core PDF font can print.
 
     Accented letters outside Latin-1 lose their accent (ő becomes o), common typographic
     characters get a plain spelling (an em dash becomes -), and any other character becomes ?.

@@ -7,7 +7,6 @@ receiving system can discard the duplicate.
 """
 
 import re
-import ssl
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -75,7 +74,7 @@ def build_confirmation(
 def build_payment_failed(
     order_id: str, customer_email: str, reason: str, sender: str, domain: str
 ) -> EmailMessage:
-    """Build the plain-text e-mail that tells a customer the payment for an order failed.
+    """Build the plain-text e-mail that notifies a customer that an order's payment failed.
 
     Raises ValueError for an invalid order ID or domain, or for an address containing a line
     break.
@@ -99,9 +98,9 @@ def build_payment_failed(
 
 
 def message_id_for(order_id: str, kind: str, domain: str) -> str:
-    """Return the Message-ID for one kind of message about one order, such as
-    `<order-confirmation.ORD-123@orders.example.com>`.
+    """Return the Message-ID for one kind of message about one order.
 
+    The result looks like `<order-confirmation.ORD-123@orders.example.com>`.
     Raises ValueError for an invalid order ID or domain.
     """
     validate_order_id(order_id)
@@ -112,14 +111,12 @@ def message_id_for(order_id: str, kind: str, domain: str) -> str:
     return f"<{kind}.{order_id}@{domain}>"
 
 
-async def send_message(
-    message: EmailMessage, host: str, port: int, timeout_seconds: float
-) -> None:
-    """Send the message to the SMTP server at host:port, taking sender and recipients from its
-    headers.
+async def send_message(message: EmailMessage, host: str, port: int, timeout_seconds: float) -> None:
+    """Send the message to the SMTP server at host:port.
 
-    STARTTLS is used when the server offers it. Every failure raises MailDeliveryError, with
-    the aiosmtplib or socket error as its cause.
+    Sender and recipients come from the message's From and To headers. STARTTLS is used
+    when the server offers it. Every failure raises MailDeliveryError, with the aiosmtplib
+    or socket error as its cause.
     """
     address = f"{host}:{port}"
     try:
@@ -162,7 +159,15 @@ async def send_message(
             f"sending mail through SMTP server {address} failed: {exc}. "
             "Check that the server is running and its log"
         ) from exc
-    except (ssl.SSLError, OSError) as exc:
+    except ValueError as exc:
+        # aiosmtplib raises ValueError for addresses it cannot put on an SMTP command line and
+        # for a message without From or To, before or while talking to the server.
+        raise MailDeliveryError(
+            f"message not sent to SMTP server {address}: {exc}. "
+            "Check the sender address (ORDERFLOW_MAIL_FROM) and the customer's e-mail address",
+            permanent=True,
+        ) from exc
+    except OSError as exc:
         raise MailDeliveryError(
             f"connection to SMTP server {address} failed: {exc}. If the error is about TLS, "
             "check the certificate the server offers for STARTTLS"
@@ -193,7 +198,7 @@ def _build_message(
 
 def _format_line(line: InvoiceLine) -> str:
     return (
-        f"  {line.quantity} x {_single_line(line.product_name)} ({line.product_id})"
+        f"  {line.quantity} x {_single_line(line.product_name)} ({_single_line(line.product_id)})"
         f" at {format_money(line.unit_price)} = {format_money(line.amount)}"
     )
 

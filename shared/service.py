@@ -1,0 +1,121 @@
+"""Wiring shared by the four event-driven services.
+
+Each service is a FastStream app whose startup builds the database engine and runs one
+`GroupConsumer` per work type the service owns. Nothing connects before the app starts.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from faststream import FastStream
+from faststream.redis import RedisBroker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.db.engine import make_engine, make_session_factory
+from shared.events import Event
+from shared.settings import Settings
+from shared.streams.consumer import ConsumerOptions, Delivery, GroupConsumer, GroupSpec
+from shared.streams.retry import RetryPolicy
+from shared.tiers import GROUP_NAMES, TierMap, WorkType
+
+log = structlog.get_logger("orderflow.service")
+
+SHUTDOWN_GRACE_SECONDS = 8.0
+
+
+@dataclass(frozen=True)
+class WorkBinding:
+    """One work type a service performs: the event types it reacts to and its handler."""
+
+    work: WorkType
+    accepts: frozenset[str]
+    handler: Callable[[Event, Delivery], Awaitable[None]]
+
+
+Binder = Callable[[async_sessionmaker[AsyncSession]], list[WorkBinding]]
+
+
+def consumer_options(settings: Settings) -> ConsumerOptions:
+    return ConsumerOptions(
+        batch_size=settings.consumer_batch_size,
+        block_ms=settings.stream_block_ms,
+        handler_timeout_seconds=settings.handler_timeout_seconds,
+        reclaim_idle_seconds=settings.reclaim_idle_seconds,
+        retry=RetryPolicy(
+            base_seconds=settings.retry_base_seconds,
+            factor=settings.retry_factor,
+            cap_seconds=settings.retry_cap_seconds,
+            max_attempts=settings.retry_max_attempts,
+        ),
+    )
+
+
+class ServiceRuntime:
+    """Starts and stops the consumer groups of one service inside its FastStream app."""
+
+    def __init__(self, name: str, settings: Settings, bind: Binder) -> None:
+        self.name = name
+        self.settings = settings
+        self.bind = bind
+        self.broker = RedisBroker(settings.redis_url)
+        self.app = FastStream(self.broker, logger=None)
+        self.app.after_startup(self.start)
+        self.app.on_shutdown(self.stop)
+        self.tiers = TierMap(settings.stream_prefix, settings.work_tiers)
+        self.consumers: list[GroupConsumer] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.engine: AsyncEngine | None = None
+
+    async def start(self) -> None:
+        redis = await self.broker.connect()
+        self.engine = make_engine(self.settings.database_url, self.settings.database_pool_size)
+        for binding in self.bind(make_session_factory(self.engine)):
+            spec = self.group_spec(binding)
+            consumer = GroupConsumer(redis, spec, consumer_options(self.settings))
+            task = asyncio.create_task(consumer.run(), name=f"{self.name}:{spec.group}")
+            task.add_done_callback(self._on_consumer_exit)
+            self.consumers.append(consumer)
+            self.tasks.append(task)
+            log.info("consuming", stream=spec.stream, group=spec.group, consumers=spec.consumers)
+        log.info("service started", service=self.name)
+
+    def group_spec(self, binding: WorkBinding) -> GroupSpec:
+        tier = self.tiers.tier_of(binding.work)
+        return GroupSpec(
+            group=GROUP_NAMES[binding.work],
+            stream=self.tiers.stream(tier),
+            dead_letter_stream=self.tiers.dead_letter_stream(tier),
+            handler=binding.handler,
+            accepts=binding.accepts,
+            consumers=self.tiers.consumer_count(binding.work, self.settings.consumer_base),
+        )
+
+    def _on_consumer_exit(self, task: "asyncio.Task[None]") -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # An unexpected error ended a group's loops: exit so the supervisor restarts the
+        # process, rather than run on without that group.
+        log.error("consumer failed, stopping the service", error=repr(task.exception()))
+        self.app.exit()
+
+    async def stop(self) -> None:
+        """Stop reading, let in-flight handlers finish within the grace period, then exit.
+
+        Entries still unfinished stay pending and are reclaimed by another consumer.
+        """
+        for consumer in self.consumers:
+            consumer.stop()
+        unfinished: set[asyncio.Task[None]] = set()
+        if self.tasks:
+            _, unfinished = await asyncio.wait(self.tasks, timeout=SHUTDOWN_GRACE_SECONDS)
+        for task in unfinished:
+            task.cancel()
+        if self.engine is not None:
+            await self.engine.dispose()
+        log.info("service stopped", service=self.name, unfinished_groups=len(unfinished))
+
+
+def run_service(runtime: ServiceRuntime) -> None:
+    asyncio.run(runtime.app.run())
