@@ -114,8 +114,8 @@ class _EmbeddedServer(ABC):
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftover()
-        self._prepare()
         port = _choose_port(self.requested_port, self.default_port)
+        self._prepare()
         with self.log_path.open("ab") as log_file:
             log_offset = log_file.tell()
             self._process = subprocess.Popen(
@@ -509,7 +509,7 @@ def _grant_traverse(path: Path, account: pwd.struct_passwd) -> None:
     """Add the others-execute bit to each parent of `path` that `account` cannot enter.
 
     PostgreSQL runs as `account` and must reach its data directory, but directories such as
-    /root and pytest's temporary directories are private to root.
+    /root are private to root.
     """
     for directory in path.parents:
         status = directory.stat()

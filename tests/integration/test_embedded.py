@@ -1,9 +1,11 @@
-"""The embedded Valkey and PostgreSQL servers, started for real under a temporary directory."""
+"""The embedded Valkey and PostgreSQL servers, started for real in a temporary directory."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,15 +59,28 @@ def asyncpg_dsn(url: str) -> str:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis", port=free_port())
+def data_root() -> Iterator[Path]:
+    """Provide a fresh directory for server data, outside pytest's tmp_path.
+
+    As root, PostgreSQL runs as another account that must traverse every parent of its data
+    directory. Each pytest session that starts resets pytest's base directory to mode 0700,
+    which would lock that account out in the middle of a concurrent session's test.
+    """
+    root = Path(tempfile.mkdtemp(prefix="orderflow-embedded-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server(data_root: Path) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(data_root / "redis", port=free_port())
     yield server
     server.stop()
 
 
 @pytest.fixture
-def postgres_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path / "postgres", port=free_port())
+def postgres_server(data_root: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(data_root / "postgres", port=free_port())
     yield server
     server.stop()
 
@@ -82,7 +97,7 @@ def test_tcp_answers_false_when_port_closed() -> None:
     assert not tcp_answers("127.0.0.1", free_port())
 
 
-def test_embedded_redis_serves_commands_when_started(redis_server: EmbeddedRedis) -> None:
+def test_redis_serves_commands_when_started(redis_server: EmbeddedRedis) -> None:
     url = redis_server.start()
 
     assert url == f"redis://127.0.0.1:{redis_server.port}/0"
@@ -94,7 +109,7 @@ def test_embedded_redis_serves_commands_when_started(redis_server: EmbeddedRedis
         client.close()
 
 
-def test_embedded_redis_keeps_keys_when_restarted(redis_server: EmbeddedRedis) -> None:
+def test_redis_keeps_keys_when_restarted(redis_server: EmbeddedRedis) -> None:
     client = redis.Redis.from_url(redis_server.start())
     try:
         client.xadd("embedded-test:stream", {"order_id": "ORD-1"})
@@ -112,7 +127,7 @@ def test_embedded_redis_keeps_keys_when_restarted(redis_server: EmbeddedRedis) -
     assert [fields for _, fields in entries] == [{b"order_id": b"ORD-1"}]
 
 
-async def test_embedded_postgres_serves_queries_when_started(
+async def test_postgres_serves_queries_when_started(
     postgres_server: EmbeddedPostgres,
 ) -> None:
     url = postgres_server.start()
@@ -129,7 +144,7 @@ async def test_embedded_postgres_serves_queries_when_started(
     assert [tuple(row) for row in rows] == [("ORD-1", "1250.00")]
 
 
-async def test_embedded_postgres_keeps_rows_when_restarted(
+async def test_postgres_keeps_rows_when_restarted(
     postgres_server: EmbeddedPostgres,
 ) -> None:
     connection = await asyncpg.connect(asyncpg_dsn(postgres_server.start()))
@@ -150,10 +165,10 @@ async def test_embedded_postgres_keeps_rows_when_restarted(
 
 
 @pytest.mark.parametrize("server_class", SERVER_CLASSES)
-def test_embedded_server_leaves_no_process_when_stopped(
-    server_class: type[EmbeddedRedis | EmbeddedPostgres], tmp_path: Path
+def test_server_leaves_no_process_when_stopped(
+    server_class: type[EmbeddedRedis | EmbeddedPostgres], data_root: Path
 ) -> None:
-    server = server_class(tmp_path / server_class.name, port=free_port())
+    server = server_class(data_root / server_class.name, port=free_port())
     server.start()
     port = server.port
     assert port is not None
@@ -169,10 +184,10 @@ def test_embedded_server_leaves_no_process_when_stopped(
 
 
 @pytest.mark.parametrize("server_class", SERVER_CLASSES)
-def test_embedded_server_replaces_leftover_when_parent_killed(
-    server_class: type[EmbeddedRedis | EmbeddedPostgres], tmp_path: Path
+def test_server_replaces_leftover_when_parent_killed(
+    server_class: type[EmbeddedRedis | EmbeddedPostgres], data_root: Path
 ) -> None:
-    data_dir = tmp_path / server_class.name
+    data_dir = data_root / server_class.name
     # A parent that exits without stopping its server, as a SIGKILLed `orderflow up` would.
     crashing_parent = textwrap.dedent(
         f"""
@@ -213,14 +228,14 @@ def test_embedded_server_replaces_leftover_when_parent_killed(
 
 
 @pytest.mark.parametrize("server_class", SERVER_CLASSES)
-def test_embedded_server_raises_when_port_in_use(
-    server_class: type[EmbeddedRedis | EmbeddedPostgres], tmp_path: Path
+def test_server_raises_when_port_in_use(
+    server_class: type[EmbeddedRedis | EmbeddedPostgres], data_root: Path
 ) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        server = server_class(tmp_path / server_class.name, port=port)
+        server = server_class(data_root / server_class.name, port=port)
 
         with pytest.raises(EmbeddedServerError, match=f"Port {port} .* is in use"):
             server.start()
@@ -228,8 +243,41 @@ def test_embedded_server_raises_when_port_in_use(
     assert server.port is None
 
 
-def test_embedded_postgres_error_names_log_when_start_fails(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "postgres", port=free_port())
+def test_redis_uses_default_port_when_free(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default_port = free_port()
+    monkeypatch.setattr(EmbeddedRedis, "default_port", default_port)
+    server = EmbeddedRedis(data_root / "redis")
+    try:
+        url = server.start()
+    finally:
+        server.stop()
+
+    assert url == f"redis://127.0.0.1:{default_port}/0"
+
+
+def test_redis_avoids_default_port_when_busy(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        busy_port = listener.getsockname()[1]
+        monkeypatch.setattr(EmbeddedRedis, "default_port", busy_port)
+        server = EmbeddedRedis(data_root / "redis")
+        try:
+            server.start()
+            port = server.port
+        finally:
+            server.stop()
+
+    assert port is not None
+    assert port != busy_port
+
+
+def test_postgres_error_names_log_when_crashing(data_root: Path) -> None:
+    server = EmbeddedPostgres(data_root / "postgres", port=free_port())
     server.start()
     server.stop()
     # A cluster from an unknown major version makes the postmaster exit at once.
