@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from requests import Response
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -331,8 +332,8 @@ class FakeClient:
     def request(
         self, method: str, path: str, name: str, json: Any = None, catch_response: bool = False
     ) -> Any:
-        from locust.clients import ResponseContextManager
-        from requests import Response
+        # Imported here, after the locustfile fixture imported locust without monkey patching.
+        from locust.clients import ResponseContextManager  # noqa: PLC0415
 
         self.calls.append((method, path, name))
         status, body, headers = self.answers[f"{method} {name}"]
@@ -367,25 +368,30 @@ def healthy_answers(order_id: str = "ORD-0001") -> dict[str, tuple[int, Any, dic
         "GET /health": (200, {"status": "ok"}, {}),
         "POST /api/v1/orders": (201, lambda body: {**body, "id": order_id}, {}),
         "GET /api/v1/orders/{id}": (200, {"id": order_id}, {}),
-        "GET /api/v1/orders?page=1&limit=10": (200, {"total": 1, "orders": [], "next_cursor": None}, {}),
+        "GET /api/v1/orders?page=1&limit=10": (
+            200,
+            {"total": 1, "orders": [], "next_cursor": None},
+            {},
+        ),
     }
 
 
 @pytest.fixture
-def user_with_client(locustfile: ModuleType) -> Iterator[tuple[Any, list[dict[str, Any]]]]:
-    from locust.env import Environment
+def user_with_client(locustfile: ModuleType) -> tuple[Any, list[dict[str, Any]]]:
+    """Return a started OrderFlowUser and the list its reported requests are appended to."""
+    # Imported here, after the locustfile fixture imported locust without monkey patching.
+    from locust.env import Environment  # noqa: PLC0415
 
     environment = Environment(user_classes=[locustfile.OrderFlowUser])
     reported: list[dict[str, Any]] = []
     environment.events.request.add_listener(lambda **event: reported.append(event))
     user = locustfile.OrderFlowUser(environment)
     user.on_start()
-    yield user, reported
-    environment.events.request.remove_listener(environment.events.request._handlers[0])
+    return user, reported
 
 
 def test_user_sends_four_requests_when_gateway_accepts(
-    user_with_client: tuple[Any, list[dict[str, Any]]],
+    locustfile: ModuleType, user_with_client: tuple[Any, list[dict[str, Any]]]
 ) -> None:
     user, reported = user_with_client
     user.client = FakeClient(user.environment.events.request, healthy_answers("ORD-0001"))
@@ -399,15 +405,11 @@ def test_user_sends_four_requests_when_gateway_accepts(
         ("GET", "/api/v1/orders?page=1&limit=10", "/api/v1/orders?page=1&limit=10"),
     ]
     assert [event["exception"] for event in reported] == [None] * 4
-    assert user.wait_time() == locustfile_think_time(user)
-
-
-def locustfile_think_time(user: Any) -> float:
-    return float(sys.modules[type(user).__module__].THINK_TIME_SECONDS)
+    assert user.wait_time() == locustfile.THINK_TIME_SECONDS
 
 
 def test_user_reports_shed_when_create_answers_503(
-    user_with_client: tuple[Any, list[dict[str, Any]]],
+    locustfile: ModuleType, user_with_client: tuple[Any, list[dict[str, Any]]]
 ) -> None:
     user, reported = user_with_client
     answers = healthy_answers()
@@ -419,8 +421,8 @@ def test_user_reports_shed_when_create_answers_503(
     assert [call[2] for call in user.client.calls] == ["/health", "/api/v1/orders"]
     assert reported[1]["name"] == "/api/v1/orders [shed]"
     assert reported[1]["exception"] is None
-    assert user.wait_time() == locustfile_think_time(user) + 2.0
-    assert user.wait_time() == locustfile_think_time(user)
+    assert user.wait_time() == locustfile.THINK_TIME_SECONDS + 2.0
+    assert user.wait_time() == locustfile.THINK_TIME_SECONDS
 
 
 def test_user_reports_failure_when_order_id_lacks_prefix(
