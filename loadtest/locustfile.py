@@ -10,9 +10,10 @@ the load shape: basic, stress, spike or soak, or none to use locust's own --user
 shapes and a headless run uses basic.
 
 Every virtual user repeats one iteration: GET /health, POST /api/v1/orders, GET the new
-order, GET /api/v1/orders?page=1&limit=10, then a one-second pause. A 429 or 503 answer
-means that the gateway shed the request: it is reported under the request name plus
-" [shed]" as a success, not as a failure, and the user waits as its Retry-After asks.
+order, GET /api/v1/orders?page=1&limit=10, then a one-second pause. A 429 or 503 response
+means that the gateway shed the request. It is reported as a success under the request
+name plus " [shed]", not as a failure, and the user then also waits for the delay in its
+Retry-After header.
 """
 
 import itertools
@@ -137,7 +138,7 @@ def build_order(rng: random.Random, customer: Customer) -> OrderBody:
 def retry_delay_seconds(retry_after: str | None, now: datetime | None = None) -> float:
     """Return how long to wait after a shed response, in [0, MAX_RETRY_DELAY_SECONDS].
 
-    Retry-After holds either a number of seconds or an HTTP date.
+    Retry-After contains either a number of seconds or an HTTP date.
     """
     text = (retry_after or "").strip()
     seconds = DEFAULT_RETRY_DELAY_SECONDS

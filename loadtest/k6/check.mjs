@@ -2,11 +2,12 @@
 //
 // Run: node loadtest/k6/check.mjs
 //
-// It parses every script as an ES module, checks what each one imports and exports,
-// checks the load shapes, and runs the modules that import nothing from k6: it
-// generates orders and compares them with the HTTP contract written out below, and
-// renders a report from a made-up k6 summary. It prints one line per check and then
-// "N passed, M failed", and exits with status 1 when any check failed.
+// It parses every script as an ES module and checks what each one imports and exports.
+// It checks the load shapes. It also runs the modules that import nothing from k6: it
+// compares generated orders with the HTTP contract written out below, and renders a
+// report from a made-up k6 summary.
+// It prints one line per check and then "N passed, M failed", and exits with status 1
+// when any check failed.
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -158,7 +159,8 @@ function checkCommonShape(stageRamps) {
   assert.ok(stageRamps.length > 0, 'no stages');
   assert.equal(stageRamps.at(-1)[1], 0, 'the last stage must ramp down to 0 users');
   for (const [, end, seconds] of stageRamps) {
-    assert.ok(Number.isInteger(end) && end >= 0, `target ${end} is not a user count`);
+    assert.ok(Number.isInteger(end), `target ${end} is not an integer`);
+    assert.ok(end >= 0, `target ${end} is negative`);
     assert.ok(seconds > 0, 'a stage lasts 0 seconds');
   }
 }
@@ -179,8 +181,9 @@ const SHAPE_CHECKS = {
   spike: (stageRamps) => {
     const jump = stageRamps.find(([start, end]) => start === 10 && end === 200);
     const drop = stageRamps.find(([start, end]) => start === 200 && end === 10);
-    assert.ok(jump !== undefined && jump[2] === 10, 'spike must go from 10 to 200 in 10 s');
-    assert.ok(drop !== undefined, 'spike must come back down from 200 to 10');
+    assert.ok(jump !== undefined, 'spike must go from 10 to 200 users in one stage');
+    assert.equal(jump[2], 10, 'spike must go from 10 to 200 users in 10 s');
+    assert.ok(drop !== undefined, 'spike must come back down from 200 to 10 users');
     assert.equal(peakUsers(stageRamps), 200, 'spike must peak at 200 users');
   },
   soak: (stageRamps) => {

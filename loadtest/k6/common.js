@@ -15,7 +15,7 @@ import { renderTextSummary, summaryFilePath } from './summary.js';
 
 export const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 
-// Pause between iterations of one virtual user, as in the old demo's scripts.
+// Think time after each iteration, so one virtual user starts at most one iteration a second.
 const THINK_TIME_SECONDS = 1;
 
 const ORDER_ID_PREFIX = 'ORD-';
@@ -32,7 +32,7 @@ export const REQUEST_NAMES = {
 // http_req_failed because shedding under overload is the designed behaviour.
 export const shedRate = new Rate('shed');
 
-// A shed answer is an expected response, so it does not count in http_req_failed.
+// Shed responses count as expected, so they stay out of http_req_failed.
 const EXPECTED_STATUSES = http.expectedStatuses({ min: 200, max: 299 }, ...SHED_STATUSES);
 
 // k6 leaves p(99) out of the summary unless it is listed here.
@@ -57,7 +57,7 @@ export function buildThresholds({ p95Ms, p99Ms, maxFailedRate, minChecksRate }) 
 }
 
 /**
- * Stops the test before any load when the gateway does not answer /health with 200.
+ * Stops the test before any load when GET /health does not return 200.
  *
  * Returns the data every iteration receives: a run id that keeps customers of
  * different runs apart.
@@ -86,7 +86,7 @@ function readJson(response) {
 /**
  * Sends one request and records in `shed` whether the gateway shed it.
  *
- * After a shed response the virtual user waits as its Retry-After header asks.
+ * After a shed response the virtual user waits for the delay in its Retry-After header.
  */
 function request(method, path, body, name) {
   const params = {

@@ -36,7 +36,7 @@ export function pickOne(rng, values) {
 /**
  * Returns the customer id and email of one virtual user.
  *
- * `runId` tells runs apart and `userNumber` tells users of one run apart, so no two
+ * `runId` separates runs and `userNumber` separates the users of one run, so no two
  * virtual users share a customer.
  */
 export function customerFor(runId, userNumber) {

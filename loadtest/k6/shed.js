@@ -1,8 +1,8 @@
 // How the load clients recognise and respect load shedding.
 //
-// The gateway answers 429 or 503 with a Retry-After header when a tier's backlog is over
-// its limit. The clients count such answers apart from errors and wait before their next
-// iteration. This module imports nothing from k6, so check.mjs can test it under node.
+// The gateway returns 429 or 503 with a Retry-After header when a tier's backlog is over
+// its limit. The clients count such responses apart from errors and wait before their
+// next iteration. This module imports nothing from k6, so check.mjs can test it under node.
 
 export const SHED_STATUSES = [429, 503];
 
@@ -20,7 +20,7 @@ export function isShed(status) {
 /**
  * Returns how many seconds to wait after a shed response.
  *
- * Retry-After holds either a number of seconds or an HTTP date.
+ * Retry-After contains either a number of seconds or an HTTP date.
  * The result lies in [0, MAX_RETRY_DELAY_SECONDS].
  */
 export function retryDelaySeconds(retryAfter, nowMs = Date.now()) {

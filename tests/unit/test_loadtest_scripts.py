@@ -67,33 +67,48 @@ def locustfile() -> Iterator[ModuleType]:
     sys.modules.pop(module.__name__, None)
 
 
+def item_problems(item: dict[str, Any]) -> list[str]:
+    """Return what is wrong with the single item line of a load-client order."""
+    problems = []
+    if item.keys() != ITEM_FIELDS:
+        problems.append(f"item fields {sorted(item)}")
+
+    if not PRODUCT_ID.fullmatch(str(item.get("product_id"))):
+        problems.append(f"product_id {item.get('product_id')!r}")
+
+    quantity = item.get("quantity")
+    if type(quantity) is not int or not 1 <= quantity <= 5:
+        problems.append(f"quantity {quantity!r}")
+
+    price = item.get("unit_price")
+    if type(price) is not int or not 10 <= price <= 1009:
+        problems.append(f"unit_price {price!r}")
+    return problems
+
+
 def order_problems(order: dict[str, Any]) -> list[str]:
     """Return what is wrong with `order` under the load clients' contract."""
     problems = []
     missing = ORDER_FIELDS - order.keys()
-    unknown = order.keys() - ORDER_FIELDS - {"notes"}
     if missing:
         problems.append(f"missing {sorted(missing)}")
+    unknown = order.keys() - ORDER_FIELDS - {"notes"}
     if unknown:
         problems.append(f"unknown {sorted(unknown)}")
+
     if "@" not in order.get("customer_email", ""):
         problems.append("invalid customer_email")
+
     items = order.get("items", [])
-    if len(items) != 1:
-        return [*problems, f"expected one item line, got {len(items)}"]
-    item = items[0]
-    if item.keys() != ITEM_FIELDS:
-        problems.append(f"item fields {sorted(item)}")
-    if not PRODUCT_ID.fullmatch(str(item.get("product_id"))):
-        problems.append(f"product_id {item.get('product_id')!r}")
-    quantity, price = item.get("quantity"), item.get("unit_price")
-    if type(quantity) is not int or not 1 <= quantity <= 5:
-        problems.append(f"quantity {quantity!r}")
-    if type(price) is not int or not 10 <= price <= 1009:
-        problems.append(f"unit_price {price!r}")
+    if len(items) == 1:
+        problems.extend(item_problems(items[0]))
+    else:
+        problems.append(f"expected one item line, got {len(items)}")
+
     address = order.get("shipping_address", {})
     if address.keys() != ADDRESS_FIELDS or not all(address.values()):
         problems.append(f"shipping_address {address!r}")
+
     if order.get("payment_method") not in PAYMENT_METHODS:
         problems.append(f"payment_method {order.get('payment_method')!r}")
     if "notes" in order and not isinstance(order["notes"], str):
@@ -322,7 +337,7 @@ def test_retry_delay_uses_clock_when_now_omitted(locustfile: ModuleType) -> None
 
 
 class FakeClient:
-    """Stands in for HttpSession: answers each request name from a script of responses."""
+    """Fake HttpSession that returns a scripted response for each method and request name."""
 
     def __init__(self, request_event: Any, answers: dict[str, tuple[int, Any, dict[str, str]]]):
         self.request_event = request_event
@@ -377,17 +392,21 @@ def healthy_answers(order_id: str = "ORD-0001") -> dict[str, tuple[int, Any, dic
 
 
 @pytest.fixture
-def user_with_client(locustfile: ModuleType) -> tuple[Any, list[dict[str, Any]]]:
-    """Return a started OrderFlowUser and the list its reported requests are appended to."""
+def user_with_client(locustfile: ModuleType) -> Iterator[tuple[Any, list[dict[str, Any]]]]:
+    """Yield a started OrderFlowUser and the list its reported requests are appended to."""
     # Imported here, after the locustfile fixture imported locust without monkey patching.
     from locust.env import Environment  # noqa: PLC0415
 
     environment = Environment(user_classes=[locustfile.OrderFlowUser])
     reported: list[dict[str, Any]] = []
-    environment.events.request.add_listener(lambda **event: reported.append(event))
+    environment.events.request.add_listener(  # type: ignore[no-untyped-call]
+        lambda **event: reported.append(event)
+    )
     user = locustfile.OrderFlowUser(environment)
+    session = user.client
     user.on_start()
-    return user, reported
+    yield user, reported
+    session.close()
 
 
 def test_user_sends_four_requests_when_gateway_accepts(
