@@ -99,7 +99,7 @@ SHIPPING_ADDRESSES: tuple[ShippingAddress, ...] = tuple(
 )
 DELIVERY_NOTES = "Leave the parcel at the front desk"
 
-# Tells this process's customers apart from those of other runs and other locust workers.
+# Separates this process's customers from those of other runs and other locust workers.
 RUN_ID = uuid.uuid4().hex[:8]
 _user_numbers = itertools.count(1)
 
@@ -175,7 +175,7 @@ def _check_health(response: ResponseContextManager) -> str | None:
 
 def _check_created(response: ResponseContextManager) -> str | None:
     if response.status_code != 201:
-        return f"expected status 201, got {response.status_code}: {response.text[:200]}"
+        return f"expected status 201, got {response.status_code}"
     order_id = (_json_object(response) or {}).get("id")
     if not isinstance(order_id, str) or not order_id.startswith(ORDER_ID_PREFIX):
         return f"expected an order id starting with {ORDER_ID_PREFIX}, got {order_id!r}"
@@ -207,8 +207,9 @@ def _check_page(response: ResponseContextManager) -> str | None:
 
 
 def _report_as_shed(response: ResponseContextManager) -> None:
-    # NOTE: locust 2.47 offers no public way to rename a request after the response
-    # arrives; request_meta is the dict it reports when the with-block exits.
+    # NOTE: locust 2.47 has no public way to rename a request once its response arrives.
+    # This relies on request_meta being the dict that locust reports when the with-block
+    # exits, which tests/unit/test_loadtest_scripts.py checks.
     request_meta = cast(dict[str, Any], response.request_meta)
     request_meta["name"] = f"{request_meta['name']}{SHED_NAME_SUFFIX}"
     _record_outcome(response, None)
@@ -234,7 +235,7 @@ class OrderFlowUser(HttpUser):
         self.retry_delay_seconds = 0.0
 
     def wait_time(self) -> float:
-        """Return the think time plus any wait that a shed response asked for."""
+        """Return the think time plus any delay from a shed response's Retry-After."""
         delay = THINK_TIME_SECONDS + self.retry_delay_seconds
         self.retry_delay_seconds = 0.0
         return delay
@@ -268,7 +269,10 @@ class OrderFlowUser(HttpUser):
         check: Callable[[ResponseContextManager], str | None],
         body: OrderBody | None = None,
     ) -> ResponseContextManager | None:
-        """Send one request and report it; return None when the gateway shed it."""
+        """Send one request and report it to locust.
+
+        Return the response, or None when the gateway shed the request.
+        """
         response = self.client.request(method, path, name=name, json=body, catch_response=True)
         with response:
             if response.status_code in SHED_STATUSES:
@@ -283,13 +287,13 @@ class OrderFlowUser(HttpUser):
 
 @dataclass(frozen=True)
 class Stage:
-    """Ramp linearly from the previous stage's target (0 at first) to `target_users`."""
+    """A linear ramp from the previous stage's target (0 for the first) to `target_users`."""
 
     duration_seconds: float
     target_users: int
 
 
-# The stages of loadtest/k6/shapes.js, in seconds; a unit test checks that both agree.
+# The stages of loadtest/k6/shapes.js in seconds. A unit test checks that both agree.
 SHAPE_STAGES: dict[str, tuple[Stage, ...]] = {
     # 4 minutes: 20 users, then 50, then down to 0.
     "basic": (Stage(30, 20), Stage(60, 20), Stage(30, 50), Stage(90, 50), Stage(30, 0)),

@@ -68,6 +68,54 @@ def _cmd_smtp_catcher(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reconcile(settings: Settings, _args: argparse.Namespace) -> int:
+    from services.gateway.reconcile import reconcile
+    from shared.db.engine import make_engine, make_session_factory
+
+    configure_logging(settings.log_level, settings.log_format, "reconcile")
+
+    async def run() -> int:
+        engine = make_engine(settings.database_url, pool_size=2)
+        try:
+            return await reconcile(make_session_factory(engine))
+        finally:
+            await engine.dispose()
+
+    count = asyncio.run(run())
+    print(f"queued the events of {count} unfinished orders again")
+    return 0
+
+
+def _cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from services.dlq_cli import run_dlq
+
+    return asyncio.run(run_dlq(settings, args))
+
+
+def _add_dlq_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    dlq = commands.add_parser("dlq", help="list, replay or purge dead letters")
+    actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="print dead letters, oldest first")
+    listing.add_argument("--group", help="only this consumer group's, e.g. email")
+    listing.add_argument(
+        "--tier", choices=["critical", "high", "default", "low"], help="only this tier's"
+    )
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    listing.add_argument("--json", action="store_true", help="print JSON lines")
+    for name, text in (
+        ("replay", "put dead letters back on their tier stream"),
+        ("purge", "delete dead letters for good"),
+    ):
+        action = actions.add_parser(name, help=text)
+        chosen = action.add_mutually_exclusive_group(required=True)
+        chosen.add_argument(
+            "references", nargs="*", default=[], metavar="TIER:ENTRY_ID", help="dead letters"
+        )
+        chosen.add_argument("--group", help="every dead letter of this consumer group")
+        chosen.add_argument("--all", action="store_true", help="every dead letter")
+    dlq.set_defaults(handler=_cmd_dlq)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orderflow",
@@ -99,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a local SMTP server that saves each message as an .eml file under "
         "ORDERFLOW_MAIL_DIR (default .data/mail)",
     ).set_defaults(handler=_cmd_smtp_catcher)
+    commands.add_parser(
+        "reconcile",
+        help="queue again the events of every order with an unfinished step "
+        "(the relay does this by itself after Redis restarts)",
+    ).set_defaults(handler=_cmd_reconcile)
+    _add_dlq_parser(commands)
     return parser
 
 

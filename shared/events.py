@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from shared.ids import new_event_id
+from shared.ids import event_id_for
 from shared.tiers import WorkType
 
 HEADER_FIELD_PREFIX = "h-"
@@ -45,15 +45,29 @@ class OrderSnapshot(BaseModel):
 
 
 class BaseEvent(BaseModel):
+    """Common fields of every event.
+
+    Each event type happens at most once per order, so its id is derived from the type and
+    the order id. Publishing it again, as the reconciler does after Redis lost its streams,
+    gives the same id, and every handler recognises it as already handled.
+    """
+
     model_config = ConfigDict(frozen=True)
 
     # Work types that react to this event type; the relay routes by it.
     consumers: ClassVar[frozenset[WorkType]] = frozenset()
 
-    event_id: str = Field(default_factory=new_event_id)
+    event_id: str = ""
     version: int = 1
     order_id: str
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @model_validator(mode="after")
+    def _derive_event_id(self) -> "BaseEvent":
+        if not self.event_id:
+            event_type = str(getattr(self, "type", type(self).__name__))
+            object.__setattr__(self, "event_id", event_id_for(event_type, self.order_id))
+        return self
 
 
 class OrderCreated(BaseEvent):

@@ -92,7 +92,10 @@ function moduleSyntaxError(source) {
   const lines = result.stderr.split('\n');
   const location = lines.find((line) => line.startsWith('[stdin]:')) ?? '';
   const message = lines.find((line) => /^\w*Error:/.test(line)) ?? result.stderr.trim();
-  return location === '' ? message : `${location.replace('[stdin]:', 'line ')}: ${message}`;
+  if (location === '') {
+    return message;
+  }
+  return `${location.replace('[stdin]:', 'line ')}: ${message}`;
 }
 
 function importSpecifiers(source) {
@@ -232,7 +235,7 @@ function itemProblems(item) {
   return problems;
 }
 
-/** Returns what is wrong with `order` under the load clients' contract; [] when valid. */
+/** Returns what is wrong with `order` under the contract, or [] when it is valid. */
 function orderProblems(order) {
   const problems = [];
   for (const field of REQUIRED_ORDER_FIELDS) {

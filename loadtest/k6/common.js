@@ -39,7 +39,8 @@ const EXPECTED_STATUSES = http.expectedStatuses({ min: 200, max: 299 }, ...SHED_
 export const SUMMARY_TREND_STATS = ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'];
 
 /**
- * Builds the thresholds every script sets: limits in milliseconds, rates in [0, 1].
+ * Builds the thresholds that every script sets, with limits in milliseconds and rates
+ * in [0, 1].
  *
  * The per-request p(95) entries also make k6 keep one latency series per request name
  * in the summary.

@@ -1,8 +1,8 @@
 // Order bodies the load clients send to POST /api/v1/orders.
 //
 // This module imports nothing from k6, so node can load it (check.mjs does) and
-// the k6 scripts can share it. Every function takes `rng`, a function returning a
-// float in [0, 1) like Math.random, so a caller can pass a seeded generator.
+// the k6 scripts can share it. The random functions take `rng`, a function returning
+// a float in [0, 1) like Math.random, so a caller can pass a seeded generator.
 
 export const PRODUCT_COUNT = 100;
 export const MIN_QUANTITY = 1;

@@ -1,4 +1,4 @@
-// How the load clients recognise and respect load shedding.
+// Shed-response handling of the load clients.
 //
 // The gateway returns 429 or 503 with a Retry-After header when a tier's backlog is over
 // its limit. The clients count such responses apart from errors and wait before their

@@ -1,6 +1,6 @@
 // End-of-test report of the k6 scripts.
 //
-// k6 passes handleSummary() an object whose `metrics` map each metric name to
+// k6 passes handleSummary() an object whose `metrics` maps each metric name to
 // { type, contains, values, thresholds }, where `thresholds` maps each expression to
 // { ok }. This module turns that object into a short text report and imports nothing
 // from k6, so check.mjs can test it under node.

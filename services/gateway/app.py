@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from redis.asyncio import Redis
 
+from services.gateway.admin import ADMIN_ROUTES
 from services.gateway.backlog import BacklogMonitor
 from services.gateway.errors import EXCEPTION_HANDLERS
 from services.gateway.orders import OrderService
@@ -71,6 +72,8 @@ def create_app(settings: Settings) -> Litestar:
         app.state.engine = engine
         app.state.redis = redis
         app.state.backlog = backlog
+        app.state.tiers = tiers
+        app.state.admin_token = settings.admin_token
         app.state.orders = OrderService(
             make_session_factory(engine), settings.base_url, settings.invoice_path
         )
@@ -85,7 +88,7 @@ def create_app(settings: Settings) -> Litestar:
             log.info("gateway stopped")
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *ADMIN_ROUTES],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_logging],

@@ -21,6 +21,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.gateway.reconcile import reconcile
 from shared.db.effects import OUTBOX_CHANNEL
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import OutboxRecord
@@ -34,6 +35,7 @@ from shared.tiers import GROUP_NAMES, TierMap, WorkType
 log = structlog.get_logger("orderflow.relay")
 
 TRIM_INTERVAL_SECONDS = 10.0
+RESTART_CHECK_SECONDS = 1.0
 PUBLISHED_RETENTION = timedelta(hours=1)
 FAILURE_BACKOFF_CAP_SECONDS = 5.0
 
@@ -138,6 +140,30 @@ class OutboxRelay:
                 with contextlib.suppress(Exception):
                     await connection.close(timeout=2)
 
+    async def watch_redis_restarts(self) -> None:
+        """Run the reconciler whenever Redis comes back as a new server (a new run id).
+
+        A restart without persistence loses unhandled entries and consumer groups; one with
+        persistence may lose the last second. Either way the reconciler queues the events
+        of every unfinished order again, and handlers skip what they had already done.
+        """
+        known_run_id: str | None = None
+        while not self.stopping.is_set():
+            try:
+                run_id = str((await self.redis.info("server"))["run_id"])
+            except (RedisError, OSError, KeyError):
+                run_id = None
+            if run_id is not None and known_run_id is not None and run_id != known_run_id:
+                log.warning("redis restarted, reconciling unfinished orders", run_id=run_id)
+                try:
+                    await reconcile(self.sessions)
+                except (DBAPIError, OSError) as exc:
+                    log.warning("reconciling failed, will retry", error=str(exc)[:300])
+                    run_id = known_run_id
+            if run_id is not None:
+                known_run_id = run_id
+            await self._sleep(RESTART_CHECK_SECONDS)
+
     async def housekeeping(self) -> None:
         """Trim acknowledged stream entries and forget long-published outbox records."""
         expected: dict[str, set[str]] = {self.tiers.stream_of(work): set() for work in WorkType}
@@ -176,7 +202,12 @@ async def run_relay(settings: Settings) -> None:
         loop.add_signal_handler(signum, relay.stopping.set)
     log.info("relay started")
     try:
-        await asyncio.gather(relay.run(), relay.listen(settings.database_url), relay.housekeeping())
+        await asyncio.gather(
+            relay.run(),
+            relay.listen(settings.database_url),
+            relay.housekeeping(),
+            relay.watch_redis_restarts(),
+        )
     finally:
         await redis.aclose()
         await engine.dispose()

@@ -53,12 +53,19 @@ async def reserve_stock(ctx: InventoryContext, event: OrderCreated) -> None:
         if not await mark_processed(session, GROUP, event.event_id):
             return
         # Locking the order first orders this transaction against payment and cancel.
-        status = (
+        row = (
             await session.execute(
-                select(Order.status).where(Order.id == event.order_id).with_for_update()
+                select(Order.status, Order.stock_status)
+                .where(Order.id == event.order_id)
+                .with_for_update()
             )
-        ).scalar_one_or_none()
-        if status is None or status in UNRESERVABLE_STATUSES:
+        ).one_or_none()
+        if row is None:
+            raise LookupError(f"order {event.order_id} not found; its event arrived first")
+        status, stock_status = row
+        if stock_status != "pending":
+            return
+        if status in UNRESERVABLE_STATUSES:
             await set_step(session, event.order_id, STEP, "skipped", f"order is {status}")
             return
 

@@ -52,12 +52,14 @@ async def add_to_outbox(
     """Stage `event` for the relay in the caller's transaction and wake the relay on commit."""
     event_type = str(getattr(event, "type", type(event).__name__))
     await session.execute(
-        insert(OutboxRecord).values(
+        insert(OutboxRecord)
+        .values(
             event_id=event.event_id,
             order_id=event.order_id,
             event_type=event_type,
             payload=event.model_dump_json(),
             headers=headers or {},
         )
+        .on_conflict_do_nothing(index_elements=[OutboxRecord.event_id])
     )
     await session.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))

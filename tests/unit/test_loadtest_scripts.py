@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -236,11 +237,11 @@ def test_stage_target_reaches_target_when_stage_ends(locustfile: ModuleType) -> 
             start_seconds += stage.duration_seconds
 
 
-def test_spike_ramps_19_users_per_second_when_jumping(locustfile: ModuleType) -> None:
+def test_spike_rate_is_19_when_jumping(locustfile: ModuleType) -> None:
     assert locustfile.stage_target(locustfile.SHAPE_STAGES["spike"], 75) == (200, 19.0)
 
 
-def test_shape_env_var_offers_all_when_unset(locustfile: ModuleType) -> None:
+def test_shape_env_offers_all_when_unset(locustfile: ModuleType) -> None:
     offered = [name for name in SHAPE_CLASSES if not getattr(locustfile, name).abstract]
     assert offered == list(SHAPE_CLASSES)
 
@@ -254,7 +255,7 @@ def test_shape_env_var_offers_all_when_unset(locustfile: ModuleType) -> None:
         ("none", []),
     ],
 )
-def test_shape_env_var_selects_shape_when_set(shape: str, offered: list[str]) -> None:
+def test_shape_env_selects_shape_when_set(shape: str, offered: list[str]) -> None:
     module_name = f"orderflow_locustfile_{shape.lower()}"
     module = load_locustfile(shape, module_name)
     try:
@@ -263,7 +264,7 @@ def test_shape_env_var_selects_shape_when_set(shape: str, offered: list[str]) ->
         sys.modules.pop(module_name, None)
 
 
-def test_shape_env_var_raises_when_unknown() -> None:
+def test_shape_env_raises_when_unknown() -> None:
     with pytest.raises(ValueError, match=r"'ramp' is not a load shape: use one of basic"):
         load_locustfile("ramp", "orderflow_locustfile_unknown")
     assert "orderflow_locustfile_unknown" not in sys.modules
@@ -329,7 +330,7 @@ def test_retry_delay_reads_header_when_shed(
 
 def test_retry_delay_uses_clock_when_now_omitted(locustfile: ModuleType) -> None:
     in_five_seconds = datetime.now(UTC) + timedelta(seconds=5)
-    header = in_five_seconds.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    header = format_datetime(in_five_seconds, usegmt=True)
 
     delay = locustfile.retry_delay_seconds(header)
 
@@ -427,7 +428,7 @@ def test_user_sends_four_requests_when_gateway_accepts(
     assert user.wait_time() == locustfile.THINK_TIME_SECONDS
 
 
-def test_user_reports_shed_when_create_answers_503(
+def test_user_reports_shed_when_create_returns_503(
     locustfile: ModuleType, user_with_client: tuple[Any, list[dict[str, Any]]]
 ) -> None:
     user, reported = user_with_client
