@@ -11,13 +11,16 @@ from dataclasses import dataclass
 import structlog
 from faststream import FastStream
 from faststream.redis import RedisBroker
+from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.db.engine import make_engine, make_session_factory
 from shared.events import Event
+from shared.metrics import record_handler_outcome
 from shared.settings import Settings
 from shared.streams.consumer import ConsumerOptions, Delivery, GroupConsumer, GroupSpec
 from shared.streams.retry import RetryPolicy
+from shared.telemetry import configure_tracing, instrument_engine
 from shared.tiers import GROUP_NAMES, TierMap, WorkType
 
 log = structlog.get_logger("orderflow.service")
@@ -37,18 +40,34 @@ class WorkBinding:
 Binder = Callable[[async_sessionmaker[AsyncSession]], list[WorkBinding]]
 
 
-def consumer_options(settings: Settings) -> ConsumerOptions:
+RETRY_OVERRIDE_KEYS = frozenset({"base_seconds", "factor", "cap_seconds", "max_attempts"})
+
+
+def retry_policy(settings: Settings, work: WorkType) -> RetryPolicy:
+    """Return the retry policy of `work`: the global settings with its overrides applied."""
+    overrides = settings.retry_overrides.get(work.value, {})
+    unknown = set(overrides) - RETRY_OVERRIDE_KEYS
+    if unknown:
+        raise ValueError(
+            f"invalid ORDERFLOW_RETRY_OVERRIDES for {work.value}: unknown keys {sorted(unknown)}; "
+            f"allowed are {sorted(RETRY_OVERRIDE_KEYS)}"
+        )
+    return RetryPolicy(
+        base_seconds=float(overrides.get("base_seconds", settings.retry_base_seconds)),
+        factor=float(overrides.get("factor", settings.retry_factor)),
+        cap_seconds=float(overrides.get("cap_seconds", settings.retry_cap_seconds)),
+        max_attempts=int(overrides.get("max_attempts", settings.retry_max_attempts)),
+    )
+
+
+def consumer_options(settings: Settings, work: WorkType) -> ConsumerOptions:
     return ConsumerOptions(
         batch_size=settings.consumer_batch_size,
         block_ms=settings.stream_block_ms,
         handler_timeout_seconds=settings.handler_timeout_seconds,
         reclaim_idle_seconds=settings.reclaim_idle_seconds,
-        retry=RetryPolicy(
-            base_seconds=settings.retry_base_seconds,
-            factor=settings.retry_factor,
-            cap_seconds=settings.retry_cap_seconds,
-            max_attempts=settings.retry_max_attempts,
-        ),
+        retry=retry_policy(settings, work),
+        on_outcome=record_handler_outcome,
     )
 
 
@@ -69,11 +88,15 @@ class ServiceRuntime:
         self.engine: AsyncEngine | None = None
 
     async def start(self) -> None:
+        configure_tracing(self.name, self.settings.otlp_endpoint)
+        if self.settings.metrics_port:
+            start_http_server(self.settings.metrics_port, self.settings.metrics_host)
         redis = await self.broker.connect()
         self.engine = make_engine(self.settings.database_url, self.settings.database_pool_size)
+        instrument_engine(self.engine)
         for binding in self.bind(make_session_factory(self.engine)):
             spec = self.group_spec(binding)
-            consumer = GroupConsumer(redis, spec, consumer_options(self.settings))
+            consumer = GroupConsumer(redis, spec, consumer_options(self.settings, binding.work))
             task = asyncio.create_task(consumer.run(), name=f"{self.name}:{spec.group}")
             task.add_done_callback(self._on_consumer_exit)
             self.consumers.append(consumer)

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     retry_factor: float = Field(default=2.0, ge=1)
     retry_cap_seconds: float = Field(default=10.0, gt=0)
     retry_max_attempts: int = Field(default=6, ge=1)
+    retry_overrides: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Retry settings per work type as JSON, for example "
+        '{"email": {"max_attempts": 10, "base_seconds": 1, "factor": 3, "cap_seconds": 20}}.',
+    )
     handler_timeout_seconds: float = Field(default=15.0, gt=0)
     reclaim_idle_seconds: float = Field(default=30.0, gt=0)
     backlog_limit: int = Field(default=200_000, ge=1)
@@ -62,6 +67,18 @@ class Settings(BaseSettings):
     mail_from: str = "orders@orderflow.local"
     mail_dir: Path | None = None
     invoice_dir: Path | None = None
+
+    otlp_endpoint: str = Field(
+        default="",
+        description="OTLP/HTTP endpoint for traces, e.g. http://jaeger:4318; empty: no tracing.",
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of a service's or the relay's /metrics endpoint; 0 turns it off.",
+    )
+    metrics_host: str = "127.0.0.1"
 
     log_level: str = "INFO"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")

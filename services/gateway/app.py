@@ -11,6 +11,7 @@ from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
 from services.gateway.admin import ADMIN_ROUTES
@@ -21,6 +22,7 @@ from services.gateway.routes import ROUTES
 from shared.db.engine import make_engine, make_session_factory
 from shared.metrics import HTTP_DURATION, HTTP_REQUESTS
 from shared.settings import Settings
+from shared.telemetry import configure_tracing, instrument_engine, span_from, trace_id_hex
 from shared.tiers import TierMap
 
 log = structlog.get_logger("orderflow.gateway")
@@ -35,6 +37,10 @@ def request_logging(app: ASGIApp) -> ASGIApp:
             return
         started = time.perf_counter()
         status = 500
+        method = scope.get("method", "")
+        headers = {
+            key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]
+        }
 
         async def send_and_capture(message: Message) -> None:
             nonlocal status
@@ -42,21 +48,24 @@ def request_logging(app: ASGIApp) -> ASGIApp:
                 status = message["status"]
             await send(message)
 
-        try:
-            await app(scope, receive, send_and_capture)
-        finally:
-            elapsed = time.perf_counter() - started
-            route = scope.get("path_template") or "unmatched"
-            method = scope.get("method", "")
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_DURATION.labels(method, route).observe(elapsed)
-            log.info(
-                "request",
-                method=method,
-                path=scope.get("path"),
-                status=status,
-                duration_ms=round(elapsed * 1000, 2),
-            )
+        with span_from(f"{method} request", headers, SpanKind.SERVER) as span:
+            try:
+                await app(scope, receive, send_and_capture)
+            finally:
+                elapsed = time.perf_counter() - started
+                route = scope.get("path_template") or "unmatched"
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.response.status_code", status)
+                HTTP_REQUESTS.labels(method, route, str(status)).inc()
+                HTTP_DURATION.labels(method, route).observe(elapsed)
+                log.info(
+                    "request",
+                    method=method,
+                    path=scope.get("path"),
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                    trace_id=trace_id_hex(span),
+                )
 
     return middleware
 
@@ -66,7 +75,9 @@ def create_app(settings: Settings) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        configure_tracing("gateway", settings.otlp_endpoint)
         engine = make_engine(settings.database_url, settings.database_pool_size)
+        instrument_engine(engine)
         redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         backlog = BacklogMonitor(redis, tiers.all_streams(), settings.backlog_limit)
         app.state.engine = engine

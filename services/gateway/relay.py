@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
+from opentelemetry.trace import SpanKind
+from prometheus_client import start_http_server
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import delete, func, select, update
@@ -30,6 +32,7 @@ from shared.metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
 from shared.settings import Settings
 from shared.streams.groups import trim_acknowledged
 from shared.streams.publisher import OutgoingEvent, publish_events
+from shared.telemetry import configure_tracing, current_headers, instrument_engine, span_from
 from shared.tiers import GROUP_NAMES, TierMap, WorkType
 
 log = structlog.get_logger("orderflow.relay")
@@ -38,6 +41,17 @@ TRIM_INTERVAL_SECONDS = 10.0
 RESTART_CHECK_SECONDS = 1.0
 PUBLISHED_RETENTION = timedelta(hours=1)
 FAILURE_BACKOFF_CAP_SECONDS = 5.0
+
+
+def _outgoing(record: OutboxRecord) -> OutgoingEvent:
+    """Build the entry of one record; with tracing on, its publish span becomes the parent
+    of the handlers' spans."""
+    attributes = {"order.id": record.order_id}
+    with span_from(f"publish {record.event_type}", record.headers, SpanKind.PRODUCER, attributes):
+        headers = current_headers() or record.headers
+    return OutgoingEvent(
+        record.event_type, record.event_id, record.order_id, record.payload, headers
+    )
 
 
 class OutboxRelay:
@@ -73,10 +87,7 @@ class OutboxRelay:
             records = list(rows)
             if not records:
                 return 0
-            events = [
-                OutgoingEvent(r.event_type, r.event_id, r.order_id, r.payload, r.headers)
-                for r in records
-            ]
+            events = [_outgoing(record) for record in records]
             streams = await publish_events(self.redis, self.tiers, events)
             await session.execute(
                 update(OutboxRecord)
@@ -188,7 +199,11 @@ class OutboxRelay:
 
 
 async def run_relay(settings: Settings) -> None:
+    configure_tracing("relay", settings.otlp_endpoint)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, settings.metrics_host)
     engine = make_engine(settings.database_url, pool_size=4)
+    instrument_engine(engine)
     redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
     relay = OutboxRelay(
         make_session_factory(engine),

@@ -20,6 +20,7 @@ from services.gateway.schemas import (
     validate_model,
 )
 from shared.errors import InvalidInput
+from shared.telemetry import current_headers
 
 # Money leaves as JSON numbers with their two decimals (1250.00), as the old clients expect.
 _encoder = msgspec.json.Encoder(decimal_format="number")
@@ -58,10 +59,7 @@ async def create_order(request: Request[Any, Any, Any], state: State) -> Respons
     backlog: BacklogMonitor = state.backlog
     backlog.check()
 
-    headers = (
-        {"traceparent": request.headers["traceparent"]} if "traceparent" in request.headers else {}
-    )
-    created = await _orders(state).create(order_request, key, headers)
+    created = await _orders(state).create(order_request, key, current_headers())
     extra = {"Idempotent-Replayed": "true"} if created.replayed else {}
     return json_response(created.order, HTTP_201_CREATED, **extra)
 

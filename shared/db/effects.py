@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import OrderStep, OutboxRecord, ProcessedEvent
 from shared.events import BaseEvent
+from shared.telemetry import current_headers
 
 OUTBOX_CHANNEL = "orderflow_outbox"
 
@@ -58,7 +59,7 @@ async def add_to_outbox(
             order_id=event.order_id,
             event_type=event_type,
             payload=event.model_dump_json(),
-            headers=headers or {},
+            headers=current_headers() if headers is None else headers,
         )
         .on_conflict_do_nothing(index_elements=[OutboxRecord.event_id])
     )

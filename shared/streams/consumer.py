@@ -35,6 +35,7 @@ from shared.events import Event, EventDecodeError, decode_entry
 from shared.logs import RepeatLimiter
 from shared.streams.groups import dead_letter, ensure_group, is_missing_group
 from shared.streams.retry import RetryPolicy
+from shared.telemetry import span_from
 
 log = structlog.get_logger("orderflow.consumer")
 
@@ -176,14 +177,18 @@ class GroupConsumer:
 
         delivery = Delivery(self.spec.stream, self.spec.group, entry, attempt, headers)
         started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(
-            order_id=event.order_id,
-            event_id=event.event_id,
-            event_type=event.type,
-            stream=self.spec.stream,
-            group=self.spec.group,
-            attempt=attempt,
-            trace_id=_trace_id(headers),
+        attributes = {"messaging.destination.name": self.spec.stream, "order.id": event.order_id}
+        with (
+            span_from(f"handle {self.spec.group} {event.type}", headers, attributes=attributes),
+            structlog.contextvars.bound_contextvars(
+                order_id=event.order_id,
+                event_id=event.event_id,
+                event_type=event.type,
+                stream=self.spec.stream,
+                group=self.spec.group,
+                attempt=attempt,
+                trace_id=_trace_id(headers),
+            ),
         ):
             try:
                 async with asyncio.timeout(self.options.handler_timeout_seconds):
