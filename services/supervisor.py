@@ -26,12 +26,17 @@ CHILD_GRACE_SECONDS = 7.0
 RESTART_BACKOFF_CAP_SECONDS = 10.0
 
 SERVICE_NAMES = ("payments", "inventory", "notifications", "analytics")
+# /metrics of the services (9101 to 9104, in SERVICE_NAMES order) and of the relay; the
+# gateway serves its own on the HTTP port.
+SERVICE_METRICS_PORT = 9101
+RELAY_METRICS_PORT = 9105
 
 
 @dataclass
 class Child:
     name: str
     args: list[str]
+    metrics_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     restart_at: float = 0.0
@@ -43,9 +48,12 @@ def default_processes() -> list[Child]:
     children = [
         Child("smtp", [*command, "smtp-catcher"]),
         Child("gateway", [*command, "gateway"]),
-        Child("relay", [*command, "relay"]),
+        Child("relay", [*command, "relay"], RELAY_METRICS_PORT),
     ]
-    children += [Child(name, [*command, "service", name]) for name in SERVICE_NAMES]
+    children += [
+        Child(name, [*command, "service", name], SERVICE_METRICS_PORT + index)
+        for index, name in enumerate(SERVICE_NAMES)
+    ]
     return children
 
 
@@ -112,11 +120,16 @@ class Supervisor:
         self.stopping = True
 
     def _spawn(self, child: Child, env: Mapping[str, str]) -> None:
+        child_env = dict(env)
+        # ORDERFLOW_METRICS_PORT=0 turns the metrics ports off, e.g. for several systems side
+        # by side; any other value is replaced by each child's own port.
+        if child.metrics_port and self.environ.get("ORDERFLOW_METRICS_PORT") != "0":
+            child_env["ORDERFLOW_METRICS_PORT"] = str(child.metrics_port)
         child.process = subprocess.Popen(
             child.args,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=dict(env),
+            env=child_env,
             start_new_session=True,
         )
         os.set_blocking(child.process.stdout.fileno(), False)  # type: ignore[union-attr]

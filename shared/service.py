@@ -11,12 +11,11 @@ from dataclasses import dataclass
 import structlog
 from faststream import FastStream
 from faststream.redis import RedisBroker
-from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.db.engine import make_engine, make_session_factory
 from shared.events import Event
-from shared.metrics import record_handler_outcome
+from shared.metrics import record_handler_outcome, serve_metrics
 from shared.settings import Settings
 from shared.streams.consumer import ConsumerOptions, Delivery, GroupConsumer, GroupSpec
 from shared.streams.retry import RetryPolicy
@@ -89,8 +88,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         configure_tracing(self.name, self.settings.otlp_endpoint)
-        if self.settings.metrics_port:
-            start_http_server(self.settings.metrics_port, self.settings.metrics_host)
+        serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
         redis = await self.broker.connect()
         self.engine = make_engine(self.settings.database_url, self.settings.database_pool_size)
         instrument_engine(self.engine)

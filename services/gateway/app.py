@@ -23,7 +23,7 @@ from shared.db.engine import make_engine, make_session_factory
 from shared.metrics import HTTP_DURATION, HTTP_REQUESTS
 from shared.settings import Settings
 from shared.telemetry import configure_tracing, instrument_engine, span_from, trace_id_hex
-from shared.tiers import TierMap
+from shared.tiers import Tier, TierMap
 
 log = structlog.get_logger("orderflow.gateway")
 
@@ -79,7 +79,12 @@ def create_app(settings: Settings) -> Litestar:
         engine = make_engine(settings.database_url, settings.database_pool_size)
         instrument_engine(engine)
         redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-        backlog = BacklogMonitor(redis, tiers.all_streams(), settings.backlog_limit)
+        backlog = BacklogMonitor(
+            redis,
+            tiers.all_streams(),
+            settings.backlog_limit,
+            [tiers.dead_letter_stream(tier) for tier in Tier],
+        )
         app.state.engine = engine
         app.state.redis = redis
         app.state.backlog = backlog

@@ -2,14 +2,24 @@
 
 import asyncio
 import contextlib
+import time
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from shared.errors import Overloaded
 from shared.logs import RepeatLimiter
-from shared.metrics import STREAM_BACKLOG
+from shared.metrics import (
+    DEAD_LETTERS,
+    GROUP_CONSUMERS,
+    GROUP_LAG,
+    GROUP_OLDEST_PENDING_AGE,
+    GROUP_PENDING,
+    STREAM_BACKLOG,
+    STREAM_LENGTH,
+)
 
 log = structlog.get_logger("orderflow.backlog")
 
@@ -17,32 +27,57 @@ REFRESH_SECONDS = 1.0
 RETRY_AFTER_SECONDS = 5
 
 
-async def stream_backlog(redis: Redis, stream: str) -> int:
+async def stream_backlog(redis: Redis, stream: str, record: bool = False) -> int:
     """Return the entries of `stream` its slowest group has not acknowledged.
 
     For each group that is the entries not yet delivered (`lag`) plus those delivered but
     not acknowledged (`pending`). A stream without groups counts its whole length.
+    With `record`, the per-group gauges are set too.
     """
+    length = int(await redis.xlen(stream))
     try:
         groups = await redis.xinfo_groups(stream)
-    except RedisError:
-        return 0
+    except ResponseError:
+        groups = []
+    if record:
+        STREAM_LENGTH.labels(stream).set(length)
     if not groups:
-        return int(await redis.xlen(stream))
+        return length
     worst = 0
     for group in groups:
         lag = group.get("lag")
-        if lag is None:
-            # Redis cannot tell the lag after deletions; count the whole stream.
-            lag = await redis.xlen(stream)
-        worst = max(worst, int(lag) + int(group.get("pending", 0)))
+        # Redis cannot tell the lag after some deletions; count the whole stream then.
+        lag = length if lag is None else int(lag)
+        pending = int(group.get("pending", 0))
+        worst = max(worst, lag + pending)
+        if record:
+            await _record_group(redis, stream, group, lag, pending)
     return worst
 
 
+async def _record_group(
+    redis: Redis, stream: str, group: dict[str, Any], lag: int, pending: int
+) -> None:
+    name = group["name"].decode() if isinstance(group["name"], bytes) else str(group["name"])
+    GROUP_PENDING.labels(stream, name).set(pending)
+    GROUP_LAG.labels(stream, name).set(lag)
+    GROUP_CONSUMERS.labels(stream, name).set(int(group.get("consumers", 0)))
+    age = 0.0
+    if pending:
+        summary = await redis.xpending(stream, name)
+        oldest = summary["min"]
+        oldest_text = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
+        age = max(time.time() - int(oldest_text.partition("-")[0]) / 1000, 0.0)
+    GROUP_OLDEST_PENDING_AGE.labels(stream, name).set(age)
+
+
 class BacklogMonitor:
-    def __init__(self, redis: Redis, streams: list[str], limit: int) -> None:
+    def __init__(
+        self, redis: Redis, streams: list[str], limit: int, dead_letter_streams: list[str]
+    ) -> None:
         self.redis = redis
         self.streams = streams
+        self.dead_letter_streams = dead_letter_streams
         self.limit = limit
         self.backlog: dict[str, int] = dict.fromkeys(streams, 0)
         self.redis_ok = True
@@ -60,9 +95,11 @@ class BacklogMonitor:
 
     async def refresh(self) -> None:
         for stream in self.streams:
-            backlog = await stream_backlog(self.redis, stream)
+            backlog = await stream_backlog(self.redis, stream, record=True)
             self.backlog[stream] = backlog
             STREAM_BACKLOG.labels(stream).set(backlog)
+        for stream in self.dead_letter_streams:
+            DEAD_LETTERS.labels(stream).set(int(await self.redis.xlen(stream)))
 
     def check(self) -> None:
         """Raise Overloaded when a tier's backlog is above the limit."""

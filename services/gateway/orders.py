@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.gateway.schemas import OrderRequest
-from shared.db.effects import add_to_outbox, set_step
+from shared.db.effects import FINAL_STEP_STATES, add_to_outbox, set_step
 from shared.db.models import (
     DailySales,
     Invoice,
@@ -38,7 +38,6 @@ from shared.ids import new_order_id
 from shared.tiers import WorkType
 
 STEP_NAMES = tuple(work.value for work in WorkType)
-FINAL_STEP_STATES = frozenset({"done", "failed", "skipped", "refunded", "released"})
 CANCELLABLE = ("pending", "payment_processing", "confirmed", "processing")
 MAX_PAGE_SIZE = 100
 ITEM_FIELDS = ("product_id", "product_name", "quantity", "unit_price")

@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import structlog
 from opentelemetry.trace import SpanKind
-from prometheus_client import start_http_server
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import delete, func, select, update
@@ -28,7 +27,7 @@ from shared.db.effects import OUTBOX_CHANNEL
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import OutboxRecord
 from shared.logs import RepeatLimiter
-from shared.metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
+from shared.metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG, serve_metrics
 from shared.settings import Settings
 from shared.streams.groups import trim_acknowledged
 from shared.streams.publisher import OutgoingEvent, publish_events
@@ -200,8 +199,7 @@ class OutboxRelay:
 
 async def run_relay(settings: Settings) -> None:
     configure_tracing("relay", settings.otlp_endpoint)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, settings.metrics_host)
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     engine = make_engine(settings.database_url, pool_size=4)
     instrument_engine(engine)
     redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)

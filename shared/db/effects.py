@@ -2,12 +2,14 @@
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
-from shared.db.models import OrderStep, OutboxRecord, ProcessedEvent
+from shared.db.models import Order, OrderStep, OutboxRecord, ProcessedEvent
 from shared.events import BaseEvent
+from shared.metrics import ORDER_LATENCY, STEP_LATENCY
 from shared.telemetry import current_headers
 
 OUTBOX_CHANNEL = "orderflow_outbox"
@@ -37,14 +39,43 @@ async def was_processed(session: AsyncSession, group: str, event_id: str) -> boo
     return found.scalar_one_or_none() is not None
 
 
+FINAL_STEP_STATES = ("done", "failed", "skipped", "refunded", "released")
+
+
 async def set_step(
     session: AsyncSession, order_id: str, step: str, state: str, detail: str | None = None
 ) -> None:
-    await session.execute(
+    """Set one step's state, and record the order's latency metrics when the step ends.
+
+    NOTE: the latency is observed before the caller commits, so a rolled-back transaction
+    still counts; two steps ending at the same moment may both miss the last-step figure.
+    """
+    now = datetime.now(UTC)
+    other = aliased(OrderStep)
+    unfinished_others = (
+        select(func.count())
+        .where(
+            other.order_id == OrderStep.order_id,
+            other.step != OrderStep.step,
+            other.state.not_in(FINAL_STEP_STATES),
+        )
+        .scalar_subquery()
+    )
+    created_at = select(Order.created_at).where(Order.id == OrderStep.order_id).scalar_subquery()
+    result = await session.execute(
         update(OrderStep)
         .where(OrderStep.order_id == order_id, OrderStep.step == step)
-        .values(state=state, detail=detail, updated_at=datetime.now(UTC))
+        .values(state=state, detail=detail, updated_at=now)
+        .returning(created_at, unfinished_others)
     )
+    row = result.one_or_none()
+    if row is None or state not in FINAL_STEP_STATES:
+        return
+    accepted_at, unfinished = row
+    elapsed = (now - accepted_at).total_seconds()
+    STEP_LATENCY.labels(step).observe(elapsed)
+    if unfinished == 0:
+        ORDER_LATENCY.observe(elapsed)
 
 
 async def add_to_outbox(

@@ -97,7 +97,8 @@ class GroupConsumer:
         self.options = options
         self.names = [consumer_name(index) for index in range(spec.consumers)]
         self._stopping = asyncio.Event()
-        self._retries: list[tuple[float, bytes, str]] = []
+        self._retries: list[tuple[float, bytes, str, int]] = []
+        self._retrying: set[asyncio.Task[None]] = set()
         self._retry_ready = asyncio.Event()
         self._outage = RepeatLimiter()
         self._reclaim_cursor = b"0-0"
@@ -106,9 +107,14 @@ class GroupConsumer:
     async def run(self) -> None:
         """Consume until `stop()` is called; returns once every loop has finished."""
         await self._ensure_group_with_backoff()
-        loops = [self._read_loop(name) for name in self.names]
-        loops += [self._retry_loop(), self._reclaim_loop()]
-        await asyncio.gather(*loops)
+        # A TaskGroup cancels the other loops when one fails, so none is left running.
+        async with asyncio.TaskGroup() as group:
+            for name in self.names:
+                group.create_task(self._read_loop(name))
+            group.create_task(self._retry_loop())
+            group.create_task(self._reclaim_loop())
+        if self._retrying:
+            await asyncio.gather(*self._retrying, return_exceptions=True)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -223,7 +229,10 @@ class GroupConsumer:
         delay = self.options.retry.delay_seconds(attempt)
         self._log.warning("event failed, will retry", error=error, retry_in_s=round(delay, 3))
         self._record("retried", "", elapsed)
-        heapq.heappush(self._retries, (time.monotonic() + delay, entry_id, name))
+        # The entry has been idle at least `delay` when the retry claims it, unless another
+        # consumer claimed it meanwhile; the claim's minimum idle time then makes it a no-op.
+        min_idle_ms = int(delay * 1000)
+        heapq.heappush(self._retries, (time.monotonic() + delay, entry_id, name, min_idle_ms))
         self._retry_ready.set()
         return False
 
@@ -256,15 +265,18 @@ class GroupConsumer:
                 self._retry_ready.clear()
                 await self._retry_ready.wait()
                 continue
-            due_at, entry_id, name = self._retries[0]
+            due_at = self._retries[0][0]
             wait = due_at - time.monotonic()
             if wait > 0:
                 self._retry_ready.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._retry_ready.wait(), timeout=wait)
                 continue
-            heapq.heappop(self._retries)
-            await self._claim_and_handle(name, [entry_id], min_idle_ms=0)
+            _, entry_id, name, min_idle_ms = heapq.heappop(self._retries)
+            # Each retry runs in its own task, so a slow one never delays the others.
+            task = asyncio.create_task(self._claim_and_handle(name, [entry_id], min_idle_ms))
+            self._retrying.add(task)
+            task.add_done_callback(self._retrying.discard)
 
     async def _reclaim_loop(self) -> None:
         idle_ms = int(self.options.reclaim_idle_seconds * 1000)
@@ -324,10 +336,15 @@ class GroupConsumer:
     ) -> None:
         live = [(entry_id, fields) for entry_id, fields in claimed if fields is not None]
         attempts = await self._delivery_counts(name, [entry_id for entry_id, _ in live])
-        for entry_id, fields in live:
-            attempt = attempts.get(entry_id, 1)
-            if await self._handle_entry(name, entry_id, fields, attempt):
-                await self._ack([entry_id])
+        outcomes = await asyncio.gather(
+            *(
+                self._handle_entry(name, entry_id, fields, attempts.get(entry_id, 1))
+                for entry_id, fields in live
+            )
+        )
+        done = [entry_id for (entry_id, _), ok in zip(live, outcomes, strict=True) if ok]
+        if done:
+            await self._ack(done)
 
     async def _delivery_counts(self, name: str, entry_ids: list[bytes]) -> dict[bytes, int]:
         if not entry_ids:

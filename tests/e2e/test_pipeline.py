@@ -74,6 +74,7 @@ def system(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, Path, psut
             "ORDERFLOW_SMTP_PORT": str(free_port()),
             "ORDERFLOW_DATA_DIR": str(data_dir),
             "ORDERFLOW_LOG_LEVEL": "WARNING",
+            "ORDERFLOW_METRICS_PORT": "0",
         }
     )
     log_path = tmp_path / "up.log"

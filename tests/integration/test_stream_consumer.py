@@ -10,9 +10,9 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -26,6 +26,8 @@ from shared.streams.groups import ensure_group
 from shared.streams.retry import RetryPolicy
 
 pytestmark = pytest.mark.timeout(30)
+
+Entry = tuple[bytes, dict[bytes, bytes]]
 
 GROUP = "warehouse"
 ACCEPTED_TYPE = "OrderReadyToShip"
@@ -74,8 +76,11 @@ def ready_to_ship() -> OrderReadyToShip:
 
 async def add_event(redis: Redis, stream: str, event: OrderReadyToShip | PaymentFailed) -> bytes:
     fields = encode_entry(event.type, event.event_id, event.order_id, event.model_dump_json(), {})
-    entry_id: bytes = await redis.xadd(stream, fields)  # type: ignore[arg-type]
-    return entry_id
+    return cast(bytes, await redis.xadd(stream, fields))  # type: ignore[arg-type]
+
+
+async def stream_entries(redis: Redis, stream: str) -> list[Entry]:
+    return cast(list[Entry], await redis.xrange(stream))
 
 
 async def pending_count(redis: Redis, stream: str, group: str = GROUP) -> int:
@@ -164,7 +169,7 @@ def text_fields(fields: dict[bytes, bytes]) -> dict[str, str]:
     return {key.decode(): value.decode() for key, value in fields.items()}
 
 
-def messages(entries: Iterable[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+def messages(entries: Iterable[MutableMapping[str, Any]], text: str) -> list[Any]:
     return [entry for entry in entries if entry["event"] == text]
 
 
@@ -268,8 +273,8 @@ async def test_consumer_dead_letters_after_max_attempts_when_handler_fails(
         await wait_until(lambda: _length_is(redis, dead_stream, 1), "one dead letter")
         await wait_until(lambda: _pending_is(redis, stream, 0), "the original acknowledged")
 
-    [(_, original)] = await redis.xrange(stream)
-    [(_, dead)] = await redis.xrange(dead_stream)
+    [(_, original)] = await stream_entries(redis, stream)
+    [(_, dead)] = await stream_entries(redis, dead_stream)
     fields = text_fields(dead)
     assert fields["dead-attempts"] == "3"
     assert fields["dead-group"] == GROUP
@@ -294,7 +299,7 @@ async def test_consumer_dead_letters_with_timeout_error_when_handler_slow(
         await wait_until(lambda: _length_is(redis, dead_stream, 1), "one dead letter")
         await wait_until(lambda: _pending_is(redis, stream, 0), "the original acknowledged")
 
-    [(_, dead)] = await redis.xrange(dead_stream)
+    [(_, dead)] = await stream_entries(redis, dead_stream)
     fields = text_fields(dead)
     assert "timed out" in fields["dead-error"]
     assert fields["dead-attempts"] == "3"
@@ -337,14 +342,14 @@ async def test_consumer_dead_letters_at_once_when_entry_malformed(
     valid = ready_to_ship()
 
     async with running(consumer):
-        no_payload = await redis.xadd(stream, {"type": ACCEPTED_TYPE, "order_id": "ORD-1"})
-        not_json = await redis.xadd(stream, {"type": ACCEPTED_TYPE, "payload": "{not json"})
+        no_payload = cast(bytes, await redis.xadd(stream, {"type": ACCEPTED_TYPE}))
+        not_json = cast(bytes, await redis.xadd(stream, {"payload": "{not json"}))
         await add_event(redis, stream, valid)
         await wait_until(lambda: _length_is(redis, dead_stream, 2), "two dead letters")
         await wait_until(lambda: valid.event_id in handler.handled_event_ids(), "valid event")
         await wait_until(lambda: _pending_is(redis, stream, 0), "no pending entries")
 
-    dead = [text_fields(fields) for _, fields in await redis.xrange(dead_stream)]
+    dead = [text_fields(fields) for _, fields in await stream_entries(redis, dead_stream)]
     assert [fields["dead-entry-id"] for fields in dead] == [no_payload.decode(), not_json.decode()]
     assert [fields["dead-attempts"] for fields in dead] == ["1", "1"]
     assert "no payload field" in dead[0]["dead-error"]
@@ -371,9 +376,10 @@ async def test_consumer_reclaims_every_entry_when_owner_died(
             )
             pipe.xadd(stream, fields)  # type: ignore[arg-type]
         await pipe.execute()
-    read = await redis.xreadgroup(GROUP, "crashed-consumer", {stream: ">"}, count=len(events))
+    response = await redis.xreadgroup(GROUP, "crashed-consumer", {stream: ">"}, count=len(events))
     read_at = time.monotonic()
-    assert len(read[0][1]) == len(events)
+    [(_, read)] = cast(list[tuple[bytes, list[Entry]]], response)
+    assert len(read) == len(events)
 
     consumer = GroupConsumer(redis, make_spec(stream_prefix, handler), options)
     first_call_at: list[float] = []
@@ -396,10 +402,10 @@ async def test_consumer_reclaims_every_entry_when_owner_died(
 # -- missing group ---------------------------------------------------------------------------
 
 
-async def _blocked_reads(redis: Redis, client_name: str) -> int:
+async def _read_is_blocked(redis: Redis, client_name: str) -> bool:
     clients = await redis.client_list()
-    return sum(
-        1
+    return any(
+        client
         for client in clients
         if client.get("name") == client_name
         and "b" in client.get("flags", "")
@@ -452,7 +458,7 @@ async def test_consumer_recreates_group_once_when_group_removed(
             async with running(consumer) as task:
                 await add_event(redis, stream, before)
                 await wait_until(lambda: before.event_id in handler.handled_event_ids(), "first")
-                await wait_until(lambda: _blocked_reads(redis, client_name), "a blocked read")
+                await wait_until(lambda: _read_is_blocked(redis, client_name), "a blocked read")
 
                 # The first start creates the group too, and logs the same line.
                 created_before = len(messages(logs, GROUP_MISSING_MESSAGE))
@@ -513,9 +519,7 @@ class HandlerCrash(BaseException):
     reason="run() gathers its loops without cancelling the others, so when one loop raises, "
     "run() fails while the retry and reclaim loops go on claiming and handling entries",
 )
-async def test_consumer_leaves_no_loops_when_run_fails(
-    redis: Redis, stream_prefix: str
-) -> None:
+async def test_consumer_leaves_no_loops_when_run_fails(redis: Redis, stream_prefix: str) -> None:
     stream = stream_of(stream_prefix)
     crashed: list[str] = []
 
