@@ -6,7 +6,7 @@ Each service is a FastStream app whose startup builds the database engine and ru
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 from faststream import FastStream
@@ -14,9 +14,10 @@ from faststream.redis import RedisBroker
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.db.engine import make_engine, make_session_factory
-from shared.events import Event
+from shared.events import Event, OrderCreated
 from shared.metrics import record_handler_outcome, serve_metrics
-from shared.settings import Settings
+from shared.outages import is_dependency_outage
+from shared.settings import FaultInjection, Settings
 from shared.streams.consumer import ConsumerOptions, Delivery, GroupConsumer, GroupSpec
 from shared.streams.retry import RetryPolicy
 from shared.telemetry import configure_tracing, instrument_engine
@@ -67,7 +68,34 @@ def consumer_options(settings: Settings, work: WorkType) -> ConsumerOptions:
         reclaim_idle_seconds=settings.reclaim_idle_seconds,
         retry=retry_policy(settings, work),
         on_outcome=record_handler_outcome,
+        is_outage=is_dependency_outage,
     )
+
+
+class InjectedFault(Exception):
+    """The failure that ORDERFLOW_FAULT_INJECTION asks for; only tests turn it on."""
+
+
+def with_fault_injection(binding: WorkBinding, fault: FaultInjection | None) -> WorkBinding:
+    """Return `binding` with a handler that fails for the orders `fault` selects.
+
+    The binding is returned unchanged when `fault` is None or names another group.
+    """
+    if fault is None or GROUP_NAMES[binding.work] != fault.group:
+        return binding
+    handler = binding.handler
+
+    async def failing_handler(event: Event, delivery: Delivery) -> None:
+        customer_id = event.order.customer_id if isinstance(event, OrderCreated) else ""
+        if customer_id.startswith(fault.customer_prefix):
+            raise InjectedFault(
+                f"ORDERFLOW_FAULT_INJECTION fails group {fault.group} for customer "
+                f"{customer_id!r}; unset it to handle this order normally"
+            )
+        await handler(event, delivery)
+
+    log.warning("fault injection is on", group=fault.group, prefix=fault.customer_prefix)
+    return replace(binding, handler=failing_handler)
 
 
 class ServiceRuntime:
@@ -92,7 +120,8 @@ class ServiceRuntime:
         redis = await self.broker.connect()
         self.engine = make_engine(self.settings.database_url, self.settings.database_pool_size)
         instrument_engine(self.engine)
-        for binding in self.bind(make_session_factory(self.engine)):
+        for bound in self.bind(make_session_factory(self.engine)):
+            binding = with_fault_injection(bound, self.settings.fault_injection)
             spec = self.group_spec(binding)
             consumer = GroupConsumer(redis, spec, consumer_options(self.settings, binding.work))
             task = asyncio.create_task(consumer.run(), name=f"{self.name}:{spec.group}")

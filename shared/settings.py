@@ -5,13 +5,25 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class LatencyProfile(StrEnum):
     NONE = "none"
     DEMO = "demo"
+
+
+class FaultInjection(BaseModel):
+    """A testing aid that makes one consumer group's handler fail for chosen orders.
+
+    With it set, that group's handler raises for every `OrderCreated` whose customer id
+    starts with `customer_prefix`, so those events go through every retry to the dead-letter
+    stream. `orderflow chaos` uses it; a deployment leaves it unset.
+    """
+
+    group: str = Field(pattern="^(payments|inventory|email|invoice|analytics|warehouse)$")
+    customer_prefix: str = Field(min_length=1)
 
 
 class Settings(BaseSettings):
@@ -60,6 +72,13 @@ class Settings(BaseSettings):
     payment_limit: Decimal = Field(
         default=Decimal("50000.00"),
         description="The simulated provider declines any charge above this amount.",
+    )
+
+    fault_injection: FaultInjection | None = Field(
+        default=None,
+        description="Testing aid, off by default. JSON such as "
+        '{"group": "analytics", "customer_prefix": "poison-"} makes that group\'s handler '
+        "fail for every order whose customer_id starts with the prefix.",
     )
 
     smtp_host: str = "127.0.0.1"

@@ -3,6 +3,9 @@
 When Redis restarts without its data, entries that were published but not yet handled are
 gone. The relay notices the restart (Redis's run id changes) and runs `reconcile`, which
 rebuilds each unfinished order's events from PostgreSQL and queues them in the outbox again.
+An order is unfinished while one of its steps is, and also while a cancelled or declined
+order still holds stock, a cancelled one a captured payment, or a declined one lacks its
+payment-failed e-mail: those compensations follow events that no step waits for.
 Event ids are derived from the order id, so groups that had handled an event skip it.
 """
 
@@ -10,12 +13,20 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import structlog
-from sqlalchemy import exists, select, text, tuple_
+from sqlalchemy import and_, exists, or_, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.effects import OUTBOX_CHANNEL
-from shared.db.models import Order, OrderItem, OrderStep, OutboxRecord, Payment
+from shared.db.models import (
+    EmailRecord,
+    Order,
+    OrderItem,
+    OrderStep,
+    OutboxRecord,
+    Payment,
+    StockReservation,
+)
 from shared.events import (
     BaseEvent,
     OrderCancelled,
@@ -29,6 +40,8 @@ from shared.events import (
 log = structlog.get_logger("orderflow.reconcile")
 
 UNFINISHED_STEP_STATES = ("pending", "processing")
+# The `emails.kind` of the e-mail the notifications service sends on PaymentFailed.
+PAYMENT_FAILED_MAIL_KIND = "payment-failed"
 BATCH_SIZE = 500
 
 
@@ -82,9 +95,22 @@ async def _requeue(session: AsyncSession, events: list[BaseEvent]) -> None:
 async def reconcile(
     sessions: async_sessionmaker[AsyncSession], created_before: datetime | None = None
 ) -> int:
-    """Queue again the events of every order with an unfinished step; return the order count."""
-    unfinished = exists().where(
+    """Queue again the events of every unfinished order; return the order count."""
+    unfinished_step = exists().where(
         OrderStep.order_id == Order.id, OrderStep.state.in_(UNFINISHED_STEP_STATES)
+    )
+    held_stock = exists().where(
+        StockReservation.order_id == Order.id, StockReservation.released_at.is_(None)
+    )
+    captured = exists().where(Payment.order_id == Order.id, Payment.status == "captured")
+    failure_mail = exists().where(
+        EmailRecord.order_id == Order.id, EmailRecord.kind == PAYMENT_FAILED_MAIL_KIND
+    )
+    unfinished = or_(
+        unfinished_step,
+        and_(Order.status.in_(("cancelled", "payment_failed")), held_stock),
+        and_(Order.status == "cancelled", captured),
+        and_(Order.status == "payment_failed", ~failure_mail),
     )
     query = select(Order).where(unfinished).order_by(Order.created_at, Order.id)
     if created_before is not None:

@@ -8,7 +8,9 @@ Guarantees, per group:
   and the event id together), or after it was copied to the dead-letter stream.
 - A failed entry stays pending. This process retries it after a backoff by claiming it again,
   which raises Redis's delivery counter; so does a reclaim after a crash, and the counter is
-  the attempt number. At the maximum the entry is dead-lettered.
+  the attempt number. At the maximum the entry is dead-lettered, unless `is_outage` blames
+  the failure on a dependency being down: such an entry is retried until the dependency is
+  back, because the event is not at fault.
 - Entries pending on a consumer that went away are claimed with XAUTOCLAIM once idle for
   `reclaim_idle_seconds`. Handlers run under a shorter timeout, so a live handler's entry is
   never claimed while it still runs.
@@ -76,6 +78,8 @@ class ConsumerOptions:
     reclaim_idle_seconds: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     on_outcome: Callable[[str, str, str, float], None] | None = None
+    # Tells a dependency outage apart from a failure the event causes; see `_after_failure`.
+    is_outage: Callable[[BaseException], bool] | None = None
 
 
 def consumer_name(index: int) -> str:
@@ -220,14 +224,19 @@ class GroupConsumer:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if isinstance(exc, TimeoutError):
             error = f"handler timed out after {self.options.handler_timeout_seconds} s"
-        if self.options.retry.exhausted(attempt):
+        outage = self.options.is_outage is not None and self.options.is_outage(exc)
+        # NOTE: outage retries still raise the delivery counter, so an entry that fails for
+        # its own reason right after a long outage can be dead-lettered on its first such try.
+        if self.options.retry.exhausted(attempt) and not outage:
             self._log.error("event failed on its last attempt, dead-lettering", error=error)
             self._record("dead_lettered", "", elapsed)
             await self._dead_letter(entry_id, fields, error, attempt)
             return False
 
         delay = self.options.retry.delay_seconds(attempt)
-        self._log.warning("event failed, will retry", error=error, retry_in_s=round(delay, 3))
+        self._log.warning(
+            "event failed, will retry", error=error, retry_in_s=round(delay, 3), outage=outage
+        )
         self._record("retried", "", elapsed)
         # The entry has been idle at least `delay` when the retry claims it, unless another
         # consumer claimed it meanwhile; the claim's minimum idle time then makes it a no-op.

@@ -25,9 +25,9 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 class PipelineRecorder:
-    """Stands in for the Redis client and lists the commands of each executed pipeline.
+    """A stand-in for the Redis client that records the commands of each executed pipeline.
 
-    Any use of the client outside a pipeline raises, so a test sees every round trip.
+    Any use of the client outside a pipeline raises AssertionError, so every round trip counts.
     """
 
     def __init__(self, redis: Redis) -> None:

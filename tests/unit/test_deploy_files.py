@@ -17,7 +17,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "deploy" / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "deploy" / "Dockerfile"
 
-THIRD_PARTY_SERVICES = frozenset({"redis", "postgres"})
+THIRD_PARTY_SERVICES = frozenset({"redis", "postgres", "jaeger", "prometheus", "grafana"})
+# Observability services that nothing waits on, so they carry no health check; Prometheus has
+# one because Grafana waits for it.
+UNCHECKED_SERVICES = frozenset({"jaeger", "grafana"})
 ONE_SHOT_SERVICES = frozenset({"migrate"})
 SCALABLE_COMMANDS = {
     "relay": ["relay"],
@@ -44,7 +47,7 @@ def project_service_names() -> list[str]:
 
 
 def long_running_service_names() -> list[str]:
-    return sorted(set(load_services()) - ONE_SHOT_SERVICES)
+    return sorted(set(load_services()) - ONE_SHOT_SERVICES - UNCHECKED_SERVICES)
 
 
 def dependent_service_names() -> list[str]:
@@ -242,3 +245,15 @@ def test_compose_config_passes_when_compose_installed(candidate: str) -> None:
     )
 
     assert result.returncode == 0, result.stderr
+
+
+def test_prometheus_scrapes_every_process_when_composed() -> None:
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus.yml").read_text(encoding="utf-8"))
+    scraped = {
+        name
+        for job in config["scrape_configs"]
+        for discovery in job["dns_sd_configs"]
+        for name in discovery["names"]
+    }
+
+    assert scraped == {"gateway", *SCALABLE_COMMANDS}

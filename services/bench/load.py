@@ -1,0 +1,400 @@
+"""Open-loop HTTP/1.1 load: requests go out on a schedule, whether or not earlier ones returned.
+
+A closed loop (each client waits for its answer before the next request) slows down with
+the server and hides its queueing. Here each request has a scheduled send time taken from
+the rate profile, and its latency is measured from that time, so waiting for a free
+connection counts against the server. The client is a small keep-alive HTTP/1.1 protocol on
+asyncio, with request bytes built before the run, because the generator shares the CPU with
+the system it measures: httpx costs several times more CPU per request.
+
+The generator measures itself: the rate it achieved, how late its scheduler woke up, and
+its CPU time. `LoadRun.shortfall()` says when it could not keep the requested rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from array import array
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from services.bench.stats import distribution, percentile
+
+CONNECT_ERROR_STATUS = 0
+TIMEOUT_STATUS = -1
+# A rate of zero (the start of a ramp) is re-read this often, in seconds.
+IDLE_RATE_STEP_SECONDS = 0.01
+# The scheduler sleeps at most this long, so a ramp that starts from zero is noticed.
+MAX_SLEEP_SECONDS = 0.05
+# The generator kept the rate when it completed at least this share of the requested requests.
+KEPT_RATE_SHARE = 0.95
+# A scheduler that wakes later than this (p99) was short of CPU, so the rate was not kept.
+MAX_SCHEDULER_LATE_MS = 20.0
+
+
+@dataclass(frozen=True)
+class RateProfile:
+    """Requests per second over time: linear ramps from one target to the next, like k6 stages.
+
+    Each stage is `(seconds, target_rate)`; the rate moves linearly from the previous
+    target (`start_rate` for the first stage) to `target_rate` over `seconds`.
+    """
+
+    stages: tuple[tuple[float, float], ...]
+    start_rate: float = 0.0
+
+    @classmethod
+    def constant(cls, rate: float, seconds: float) -> "RateProfile":
+        return cls(stages=((seconds, rate),), start_rate=rate)
+
+    @property
+    def seconds(self) -> float:
+        return sum(stage_seconds for stage_seconds, _ in self.stages)
+
+    @property
+    def peak_rate(self) -> float:
+        return max([self.start_rate, *(rate for _, rate in self.stages)])
+
+    def rate_at(self, offset: float) -> float:
+        previous = self.start_rate
+        elapsed = 0.0
+        for stage_seconds, target in self.stages:
+            if offset < elapsed + stage_seconds:
+                progress = (offset - elapsed) / stage_seconds if stage_seconds > 0 else 1.0
+                return previous + (target - previous) * progress
+            elapsed += stage_seconds
+            previous = target
+        return previous
+
+    def expected_requests(self) -> float:
+        """Return the number of requests the profile schedules (the area under the rate)."""
+        total = 0.0
+        previous = self.start_rate
+        for stage_seconds, target in self.stages:
+            total += (previous + target) / 2 * stage_seconds
+            previous = target
+        return total
+
+
+def build_post(host: str, port: int, path: str, body: bytes) -> bytes:
+    """Return the bytes of one keep-alive `POST path` with a JSON body."""
+    head = (
+        f"POST {path} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection that carries one request at a time and parses the status."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[int] | None = None
+        self.closed = False
+        self._status = 0
+        self._body_end = -1
+        self._chunked = False
+        self._close_after = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionResetError("the server closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.waiter is not None:
+            self._complete_if_whole()
+
+    def send(self, request: bytes) -> "asyncio.Future[int]":
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self._body_end = -1
+        self.transport.write(request)
+        return self.waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _complete_if_whole(self) -> None:
+        if self._body_end < 0 and not self._parse_head():
+            return
+        if self._chunked:
+            end = self.buffer.find(b"\r\n0\r\n\r\n", self._body_end - 2)
+            if end < 0:
+                return
+            end += 7
+        elif len(self.buffer) >= self._body_end:
+            end = self._body_end
+        else:
+            return
+        del self.buffer[:end]
+        waiter, self.waiter = self.waiter, None
+        if self._close_after:
+            self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(self._status)
+
+    def _parse_head(self) -> bool:
+        head_end = self.buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return False
+        head = bytes(self.buffer[:head_end]).lower()
+        self._status = int(head[9:12])
+        self._chunked = b"\r\ntransfer-encoding: chunked" in head
+        self._close_after = b"\r\nconnection: close" in head
+        length = 0
+        marker = head.find(b"\r\ncontent-length:")
+        if marker >= 0:
+            line_end = head.find(b"\r\n", marker + 2)
+            length = int(head[marker + 17 : line_end if line_end >= 0 else None])
+        self._body_end = head_end + 4 + length
+        return True
+
+
+class ConnectionPool:
+    """Up to `size` keep-alive connections to one host; callers queue when all are busy."""
+
+    def __init__(self, host: str, port: int, size: int) -> None:
+        self.host = host
+        self.port = port
+        self.size = size
+        self.opened = 0
+        self.waits = 0
+        self._idle: list[_Connection] = []
+        self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
+
+    async def acquire(self) -> _Connection:
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed:
+                return connection
+            self.opened -= 1
+        if self.opened < self.size:
+            self.opened += 1
+            try:
+                _, protocol = await asyncio.get_running_loop().create_connection(
+                    _Connection, self.host, self.port
+                )
+            except OSError:
+                self.opened -= 1
+                raise
+            return protocol
+        self.waits += 1
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            connection = await waiter
+        except asyncio.CancelledError:
+            # A connection handed over just before the cancellation must not be lost.
+            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                self.release(waiter.result())  # type: ignore[arg-type]
+            raise
+        return connection if connection is not None else await self.acquire()
+
+    def release(self, connection: _Connection) -> None:
+        usable = None if connection.closed else connection
+        if usable is None:
+            self.opened -= 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                # A waiter handed None opens a connection of its own.
+                waiter.set_result(usable)
+                return
+        if usable is not None:
+            self._idle.append(usable)
+
+    def close(self) -> None:
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
+
+
+@dataclass
+class LoadRun:
+    """What one open-loop run sent and received, with offsets in seconds from its start."""
+
+    profile: RateProfile
+    connections: int
+    started_at: float = 0.0  # wall-clock time (time.time()) of offset 0
+    seconds: float = 0.0  # from the start until the last answer
+    scheduled: array[float] = field(default_factory=lambda: array("d"))
+    sent: array[float] = field(default_factory=lambda: array("d"))
+    latency: array[float] = field(default_factory=lambda: array("d"))  # from the scheduled time
+    service: array[float] = field(default_factory=lambda: array("d"))  # from the actual send
+    status: array[int] = field(default_factory=lambda: array("h"))
+    scheduler_late: array[float] = field(default_factory=lambda: array("d"))
+    connection_waits: int = 0
+    cpu_seconds: float = 0.0
+
+    def status_counts(self) -> dict[str, int]:
+        names = {CONNECT_ERROR_STATUS: "connection error", TIMEOUT_STATUS: "timeout"}
+        counts = Counter(names.get(code, str(code)) for code in self.status)
+        return dict(sorted(counts.items()))
+
+    def accepted(self) -> int:
+        return sum(1 for code in self.status if code == 201)
+
+    def achieved_per_s(self) -> float:
+        """Return the requests per second actually written to a socket within the load window."""
+        window = self.profile.seconds
+        in_window = sum(1 for offset in self.sent if offset < window)
+        return in_window / window if window > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """Summarise the run: rates per second, latency in milliseconds, generator health."""
+        window = self.profile.seconds
+        latencies = sorted(self.latency)
+        answered = len(self.status)
+        accepted = self.accepted()
+        return {
+            "requested_per_s": round(self.profile.expected_requests() / window, 2),
+            "peak_requested_per_s": self.profile.peak_rate,
+            "achieved_per_s": round(self.achieved_per_s(), 2),
+            "sent": answered,
+            "accepted": accepted,
+            "errors": answered - accepted,
+            "status_counts": self.status_counts(),
+            "accepted_per_s": round(accepted / window, 2),
+            "http_p50_ms": _rounded(percentile(latencies, 0.5), 1000),
+            "http_p90_ms": _rounded(percentile(latencies, 0.9), 1000),
+            "http_p99_ms": _rounded(percentile(latencies, 0.99), 1000),
+            "http_max_ms": _rounded(latencies[-1] if latencies else None, 1000),
+            "service_ms": distribution(self.service, scale=1000, digits=2),
+            "scheduler_late_p99_ms": _rounded(percentile(sorted(self.scheduler_late), 0.99), 1000),
+            "connection_waits": self.connection_waits,
+            "generator_cpu_percent": round(100 * self.cpu_seconds / max(self.seconds, 1e-9), 1),
+            "shortfall": self.shortfall(),
+        }
+
+    def shortfall(self) -> str | None:
+        """Explain how the generator failed to keep the requested rate, or return None."""
+        requested = self.profile.expected_requests() / self.profile.seconds
+        late = percentile(sorted(self.scheduler_late), 0.99) or 0.0
+        if late * 1000 > MAX_SCHEDULER_LATE_MS:
+            return (
+                f"the load generator was short of CPU: its scheduler woke up to "
+                f"{late * 1000:.0f} ms late (p99), so requests left later than scheduled"
+            )
+        achieved = self.achieved_per_s()
+        if achieved >= KEPT_RATE_SHARE * requested:
+            return None
+        cause = "the scheduler kept time, so the cause is outside the generator"
+        if self.connection_waits:
+            cause = (
+                f"all {self.connections} connections were busy {self.connection_waits} times: "
+                "the server answered too slowly for this rate (or raise --connections)"
+            )
+        return f"the load generator sent {achieved:.0f}/s of {requested:.0f}/s requested: {cause}"
+
+
+def _rounded(seconds: float | None, scale: float) -> float | None:
+    return None if seconds is None else round(seconds * scale, 2)
+
+
+class OpenLoopGenerator:
+    """Sends the prepared requests in turn at the rates of a profile and records each answer."""
+
+    def __init__(
+        self, host: str, port: int, connections: int = 128, timeout_seconds: float = 10.0
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.connections = connections
+        self.timeout_seconds = timeout_seconds
+
+    async def run(self, requests: Sequence[bytes], profile: RateProfile) -> LoadRun:
+        if not requests:
+            raise ValueError("no requests to send: pass at least one prepared request")
+        if profile.seconds <= 0:
+            raise ValueError(f"the rate profile lasts {profile.seconds} s; it must last longer")
+        pool = ConnectionPool(self.host, self.port, self.connections)
+        record = LoadRun(profile=profile, connections=self.connections)
+        in_flight: set[asyncio.Task[None]] = set()
+        process = psutil.Process()
+        cpu_before = sum(process.cpu_times()[:2])
+        record.started_at = time.time()
+        start = time.perf_counter()
+        try:
+            await self._schedule(pool, requests, profile, record, start, in_flight)
+            if in_flight:
+                await asyncio.wait(in_flight, timeout=self.timeout_seconds + 1)
+        finally:
+            for task in in_flight:
+                task.cancel()
+            pool.close()
+        record.seconds = time.perf_counter() - start
+        record.cpu_seconds = sum(process.cpu_times()[:2]) - cpu_before
+        record.connection_waits = pool.waits
+        return record
+
+    async def _schedule(
+        self,
+        pool: ConnectionPool,
+        requests: Sequence[bytes],
+        profile: RateProfile,
+        record: LoadRun,
+        start: float,
+        in_flight: set[asyncio.Task[None]],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        total_seconds = profile.seconds
+        next_due = 0.0
+        index = 0
+        while next_due < total_seconds:
+            now = time.perf_counter() - start
+            if next_due <= now:
+                record.scheduler_late.append(now - next_due)
+            while next_due <= now and next_due < total_seconds:
+                request = requests[index % len(requests)]
+                task = loop.create_task(self._send(pool, request, next_due, start, record))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                index += 1
+                rate = profile.rate_at(next_due)
+                next_due += 1.0 / rate if rate > 0 else IDLE_RATE_STEP_SECONDS
+            await asyncio.sleep(min(max(next_due - now, 0.0), MAX_SLEEP_SECONDS))
+
+    async def _send(
+        self, pool: ConnectionPool, request: bytes, due: float, start: float, record: LoadRun
+    ) -> None:
+        status = CONNECT_ERROR_STATUS
+        sent = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                connection = await pool.acquire()
+                sent = time.perf_counter()
+                try:
+                    status = await connection.send(request)
+                except BaseException:
+                    connection.close()
+                    raise
+                finally:
+                    pool.release(connection)
+        except TimeoutError:
+            status = TIMEOUT_STATUS
+        except (OSError, ValueError):
+            status = CONNECT_ERROR_STATUS
+        done = time.perf_counter()
+        record.scheduled.append(due)
+        record.sent.append(sent - start)
+        record.latency.append(done - start - due)
+        record.service.append(done - sent)
+        record.status.append(status)
