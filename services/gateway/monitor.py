@@ -217,8 +217,10 @@ def _text(value: object) -> str:
 
 
 def _static(name: str, media_type: str) -> File:
+    # File adds `; charset=utf-8` to text media types itself.
     return File(
         path=STATIC_DIR / name,
+        filename=name,
         media_type=media_type,
         content_disposition_type="inline",
         headers=PAGE_HEADERS,
@@ -228,17 +230,17 @@ def _static(name: str, media_type: str) -> File:
 @get("/monitor", include_in_schema=False)
 async def monitor_page() -> File:
     """Serve the monitor page; its data comes from the admin API, called by the browser."""
-    return _static("monitor.html", "text/html; charset=utf-8")
+    return _static("monitor.html", "text/html")
 
 
 @get("/monitor/monitor.js", include_in_schema=False)
 async def monitor_script() -> File:
-    return _static("monitor.js", "text/javascript; charset=utf-8")
+    return _static("monitor.js", "text/javascript")
 
 
 @get("/monitor/monitor.css", include_in_schema=False)
 async def monitor_style() -> File:
-    return _static("monitor.css", "text/css; charset=utf-8")
+    return _static("monitor.css", "text/css")
 
 
 @get(

@@ -316,10 +316,12 @@ async def test_consumer_runs_entry_once_when_retries_queue(
     handler = RecordingHandler(work_seconds=5.0)
     consumer = GroupConsumer(redis, make_spec(stream_prefix, handler), fast_options())
     events = [ready_to_ship() for _ in range(4)]
+    # Added before the start, the entries arrive in one batch and fail together, so their
+    # retries queue up behind each other.
+    for event in events:
+        await add_event(redis, stream, event)
 
     async with running(consumer):
-        for event in events:
-            await add_event(redis, stream, event)
         await wait_until(lambda: _length_is(redis, dead_stream, 4, at_least=True), "4 letters")
         await wait_until(lambda: _pending_is(redis, stream, 0), "every entry acknowledged")
 
