@@ -27,7 +27,10 @@ class FaultInjection(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ORDERFLOW_", extra="ignore")
+    # An empty variable means the default, so a copied .env.example works as it is.
+    model_config = SettingsConfigDict(
+        env_prefix="ORDERFLOW_", extra="ignore", env_ignore_empty=True
+    )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"

@@ -129,14 +129,11 @@ class ThroughputSampler:
                     raise
                 continue
             for info in groups:
-                entries_read = info.get("entries-read")
-                if entries_read is None:
-                    # Redis reports no read counter for a group created at an arbitrary id
-                    # after deletions; that group gets no rate until the counter is known.
-                    continue
-                counters[(tier.value, _text(info["name"]))] = GroupCounters(
-                    int(entries_read), int(info["pending"])
-                )
+                entries_read = _entries_read(info)
+                if entries_read is not None:
+                    counters[(tier.value, _text(info["name"]))] = GroupCounters(
+                        entries_read, int(info["pending"])
+                    )
         self._add(Sample(int(time.time() * 1000), time.monotonic(), counters))
 
     def rates(self) -> dict[str, Any]:
@@ -210,6 +207,21 @@ class ThroughputSampler:
                 if self._failures.failing and self._failures.recovered():
                     log.info("throughput sampling resumed")
             await asyncio.sleep(self.interval_seconds)
+
+
+def _entries_read(info: dict[str, Any]) -> int | None:
+    """Return a group's read counter, or None while Redis cannot tell it.
+
+    Redis 7.0 reports nil until a group's first read after XGROUP CREATE. A group that has
+    delivered nothing yet (last id 0-0) has read nothing; one created at `$` or another id
+    gets no rate until its first read sets the counter.
+    """
+    entries_read = info.get("entries-read")
+    if entries_read is not None:
+        return int(entries_read)
+    if _text(info.get("last-delivered-id", b"")) == "0-0":
+        return 0
+    return None
 
 
 def _text(value: object) -> str:
