@@ -63,8 +63,11 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, settings: Settings, environ: Mapping[str, str], force_embedded: bool = False
+    ) -> None:
         self.settings = settings
+        self.force_embedded = force_embedded
         self.environ = dict(environ)
         self.children = default_processes()
         self.embedded: list[EmbeddedRedis | EmbeddedPostgres] = []
@@ -76,14 +79,18 @@ class Supervisor:
         urls["ORDERFLOW_DATABASE_URL"] = self.settings.database_url
         data_dir = self.settings.data_dir.resolve()
         redis_host, redis_port = _host_port(self.settings.redis_url, 6379)
-        if "ORDERFLOW_REDIS_URL" not in self.environ and not tcp_answers(redis_host, redis_port):
-            print("no Redis answers on the default port; starting an embedded one", flush=True)
+        if self.force_embedded or (
+            "ORDERFLOW_REDIS_URL" not in self.environ and not tcp_answers(redis_host, redis_port)
+        ):
+            print("starting an embedded Redis-compatible server (Valkey)", flush=True)
             redis = EmbeddedRedis(data_dir / "redis", port=None)
             urls["ORDERFLOW_REDIS_URL"] = redis.start()
             self.embedded.append(redis)
         pg_host, pg_port = _host_port(self.settings.database_url, 5432)
-        if "ORDERFLOW_DATABASE_URL" not in self.environ and not tcp_answers(pg_host, pg_port):
-            print("no PostgreSQL answers on the default port; starting an embedded one", flush=True)
+        if self.force_embedded or (
+            "ORDERFLOW_DATABASE_URL" not in self.environ and not tcp_answers(pg_host, pg_port)
+        ):
+            print("starting an embedded PostgreSQL", flush=True)
             postgres = EmbeddedPostgres(data_dir / "postgres", port=None)
             urls["ORDERFLOW_DATABASE_URL"] = postgres.start()
             self.embedded.append(postgres)
@@ -221,6 +228,6 @@ def _signal_group(process: "subprocess.Popen[bytes]", signum: int) -> None:
         os.killpg(process.pid, signum)
 
 
-def run_up(settings: Settings) -> int:
+def run_up(settings: Settings, force_embedded: bool = False) -> int:
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    return Supervisor(settings, os.environ).run()
+    return Supervisor(settings, os.environ, force_embedded).run()
