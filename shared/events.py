@@ -150,11 +150,14 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> tuple[Event, dict[str, str]]:
     payload = fields.get(b"payload")
     if payload is None:
         raise EventDecodeError(f"entry has no payload field; fields are {sorted(fields)}")
-    headers = {
-        key.decode()[len(HEADER_FIELD_PREFIX) :]: value.decode()
-        for key, value in fields.items()
-        if key.startswith(HEADER_FIELD_PREFIX.encode())
-    }
+    try:
+        headers = {
+            key.decode()[len(HEADER_FIELD_PREFIX) :]: value.decode()
+            for key, value in fields.items()
+            if key.startswith(HEADER_FIELD_PREFIX.encode())
+        }
+    except UnicodeDecodeError as exc:
+        raise EventDecodeError(f"entry has a header that is not UTF-8: {exc}") from exc
     return parse_event(payload), headers
 
 

@@ -102,7 +102,7 @@ class GroupConsumer:
         self.names = [consumer_name(index) for index in range(spec.consumers)]
         self._stopping = asyncio.Event()
         self._retries: list[tuple[float, bytes, str, int]] = []
-        self._retrying: set[asyncio.Task[None]] = set()
+        self._task_group: asyncio.TaskGroup | None = None
         self._retry_ready = asyncio.Event()
         self._outage = RepeatLimiter()
         self._reclaim_cursor = b"0-0"
@@ -110,15 +110,14 @@ class GroupConsumer:
 
     async def run(self) -> None:
         """Consume until `stop()` is called; returns once every loop has finished."""
-        await self._ensure_group_with_backoff()
-        # A TaskGroup cancels the other loops when one fails, so none is left running.
+        await self._ensure_group_with_backoff(first_start=True)
+        # A TaskGroup cancels the other loops, and the retries in flight, when one fails.
         async with asyncio.TaskGroup() as group:
+            self._task_group = group
             for name in self.names:
                 group.create_task(self._read_loop(name))
             group.create_task(self._retry_loop())
             group.create_task(self._reclaim_loop())
-        if self._retrying:
-            await asyncio.gather(*self._retrying, return_exceptions=True)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -259,7 +258,7 @@ class GroupConsumer:
                 error=error,
                 attempts=attempt,
             )
-        except REDIS_ERRORS as exc:
+        except (*REDIS_ERRORS, ResponseError) as exc:
             self._log.warning("dead-lettering failed, entry stays pending", error=str(exc))
 
     def _record(self, outcome: str, event_type: str, seconds: float) -> None:
@@ -283,9 +282,8 @@ class GroupConsumer:
                 continue
             _, entry_id, name, min_idle_ms = heapq.heappop(self._retries)
             # Each retry runs in its own task, so a slow one never delays the others.
-            task = asyncio.create_task(self._claim_and_handle(name, [entry_id], min_idle_ms))
-            self._retrying.add(task)
-            task.add_done_callback(self._retrying.discard)
+            assert self._task_group is not None
+            self._task_group.create_task(self._claim_and_handle(name, [entry_id], min_idle_ms))
 
     async def _reclaim_loop(self) -> None:
         idle_ms = int(self.options.reclaim_idle_seconds * 1000)
@@ -371,7 +369,7 @@ class GroupConsumer:
 
     # -- outages ---------------------------------------------------------------------------
 
-    async def _ensure_group_with_backoff(self) -> None:
+    async def _ensure_group_with_backoff(self, first_start: bool = False) -> None:
         delay = 0.1
         while not self._stopping.is_set():
             try:
@@ -380,7 +378,9 @@ class GroupConsumer:
                 await self._wait_out_outage(exc, delay)
                 delay = min(delay * 2, OUTAGE_BACKOFF_CAP_SECONDS)
                 continue
-            if created:
+            if created and first_start:
+                self._log.info("consumer group created")
+            elif created:
                 self._log.warning("consumer group was missing and is created")
             self._note_recovered()
             return

@@ -9,6 +9,13 @@ from redis.exceptions import ResponseError
 
 DEAD_LETTER_FIELD_PREFIX = "dead-"
 
+# KEYS: the stream, its dead-letter stream. ARGV: the group, the entry id, then field/value
+# pairs of the dead letter.
+DEAD_LETTER_SCRIPT = """
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+"""
+
 
 async def ensure_group(redis: Redis, stream: str, group: str) -> bool:
     """Create `group` on `stream` (and the stream) if missing; return True if created.
@@ -47,7 +54,8 @@ async def dead_letter(
 ) -> None:
     """Copy an entry to the dead-letter stream with why it failed, then acknowledge it.
 
-    Both commands run in one MULTI, so the entry is never both lost and acknowledged.
+    Both commands run in one Lua script, which stops at the first error: an entry whose copy
+    failed stays pending, and no crash can come between the copy and the acknowledgement.
     """
     record: dict[Any, Any] = dict(fields)
     record.update(
@@ -60,10 +68,10 @@ async def dead_letter(
             f"{DEAD_LETTER_FIELD_PREFIX}failed-at": datetime.now(UTC).isoformat(),
         }
     )
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.xadd(dead_letter_stream, record)
-        pipe.xack(stream, group, entry_id)
-        await pipe.execute()
+    arguments: list[Any] = [group, entry_id]
+    for key, value in record.items():
+        arguments += [key, value]
+    await redis.eval(DEAD_LETTER_SCRIPT, 2, stream, dead_letter_stream, *arguments)
 
 
 def _text(value: bytes | str) -> str:

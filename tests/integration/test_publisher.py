@@ -27,7 +27,7 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 class PipelineRecorder:
     """A stand-in for the Redis client that records the commands of each executed pipeline.
 
-    Any use of the client outside a pipeline raises AssertionError, so every round trip counts.
+    Any use of the client outside a pipeline raises AssertionError, so a stray command fails.
     """
 
     def __init__(self, redis: Redis) -> None:

@@ -35,8 +35,15 @@ POLL_INTERVAL_SECONDS = 0.02
 WAIT_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 5.0
 GROUP_MISSING_MESSAGE = "consumer group was missing and is created"
-LOOP_NAMES = frozenset(
-    {"GroupConsumer._read_loop", "GroupConsumer._retry_loop", "GroupConsumer._reclaim_loop"}
+GROUP_CREATED_MESSAGE = "consumer group created"
+# Coroutines that run as their own tasks while a GroupConsumer runs.
+CONSUMER_TASK_NAMES = frozenset(
+    {
+        "GroupConsumer._read_loop",
+        "GroupConsumer._retry_loop",
+        "GroupConsumer._reclaim_loop",
+        "GroupConsumer._claim_and_handle",
+    }
 )
 
 
@@ -92,9 +99,13 @@ async def wait_until(
     check: Callable[[], bool | Awaitable[bool]],
     description: str,
     timeout_seconds: float = WAIT_TIMEOUT_SECONDS,
+    running_task: "asyncio.Task[None] | None" = None,
 ) -> None:
+    """Poll `check` until it is true; fail early if `running_task` has ended."""
     deadline = time.monotonic() + timeout_seconds
     while True:
+        if running_task is not None and running_task.done():
+            raise AssertionError(f"run() ended while waiting for {description}")
         result = check()
         if inspect.isawaitable(result):
             result = await result
@@ -153,14 +164,14 @@ class RecordingHandler:
         return {event.event_id for event, _ in self.calls}
 
 
-def loop_tasks_alive() -> list["asyncio.Task[Any]"]:
-    """Return the unfinished tasks that run one of GroupConsumer's loops."""
+def consumer_tasks_alive() -> list["asyncio.Task[Any]"]:
+    """Return the unfinished tasks that run a GroupConsumer loop or retry."""
     alive = []
     for task in asyncio.all_tasks():
         coro = task.get_coro()
         if task.done() or not inspect.iscoroutine(coro):
             continue
-        if coro.__qualname__ in LOOP_NAMES:
+        if coro.__qualname__ in CONSUMER_TASK_NAMES:
             alive.append(task)
     return alive
 
@@ -302,12 +313,6 @@ async def test_consumer_dead_letters_when_handler_times_out(
     assert handler.attempts_of(event.event_id) == [1, 2, 3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the retry loop handles due retries one at a time and claims them with "
-    "min_idle_ms=0, so a retry that waited past reclaim_idle_seconds is also claimed by "
-    "the reclaim loop and the same entry runs twice at once",
-)
 async def test_consumer_runs_entry_once_when_retries_queue(
     redis: Redis, stream_prefix: str
 ) -> None:
@@ -316,8 +321,9 @@ async def test_consumer_runs_entry_once_when_retries_queue(
     handler = RecordingHandler(work_seconds=5.0)
     consumer = GroupConsumer(redis, make_spec(stream_prefix, handler), fast_options())
     events = [ready_to_ship() for _ in range(4)]
-    # Added before the start, the entries arrive in one batch and fail together, so their
-    # retries queue up behind each other.
+    # Added before the start, the entries arrive in one batch and fail together. If their
+    # retries ran one after another, the later ones would wait past the reclaim idle time and
+    # be claimed a second time.
     for event in events:
         await add_event(redis, stream, event)
 
@@ -354,6 +360,29 @@ async def test_consumer_dead_letters_when_entry_malformed(redis: Redis, stream_p
     assert handler.handled_event_ids() == {valid.event_id}
 
 
+async def test_consumer_survives_entry_when_header_not_utf8(
+    redis: Redis, stream_prefix: str
+) -> None:
+    stream = stream_of(stream_prefix)
+    handler = RecordingHandler()
+    consumer = GroupConsumer(redis, make_spec(stream_prefix, handler), fast_options())
+    bad, valid = ready_to_ship(), ready_to_ship()
+    fields: dict[str, str | bytes] = {
+        **encode_entry(bad.type, bad.event_id, bad.order_id, bad.model_dump_json(), {}),
+        "h-traceparent": b"\xff\xfe",
+    }
+
+    async with running(consumer) as task:
+        await redis.xadd(stream, fields)  # type: ignore[arg-type]
+        await add_event(redis, stream, valid)
+        await wait_until(
+            lambda: valid.event_id in handler.handled_event_ids(), "valid", running_task=task
+        )
+        await wait_until(lambda: _pending_is(redis, stream, 0), "no pending", running_task=task)
+
+        assert not task.done()
+
+
 # -- reclaim ---------------------------------------------------------------------------------
 
 
@@ -377,22 +406,24 @@ async def test_consumer_reclaims_every_entry_when_owner_died(
     [(_, read)] = cast(list[tuple[bytes, list[Entry]]], response)
     assert len(read) == len(events)
 
-    consumer = GroupConsumer(redis, make_spec(stream_prefix, handler), options)
-    first_call_at: list[float] = []
+    called_at: list[float] = []
 
-    async def note_first_call() -> bool:
-        if handler.calls and not first_call_at:
-            first_call_at.append(time.monotonic())
-        return len(handler.handled_event_ids()) >= len(events)
+    async def timed_handler(event: Event, delivery: Delivery) -> None:
+        called_at.append(time.monotonic())
+        await handler(event, delivery)
+
+    consumer = GroupConsumer(redis, make_spec(stream_prefix, timed_handler), options)
 
     async with running(consumer):
-        await wait_until(note_first_call, "all 250 entries reclaimed")
+        await wait_until(
+            lambda: len(handler.handled_event_ids()) >= len(events), "all 250 entries reclaimed"
+        )
         await wait_until(lambda: _pending_is(redis, stream, 0), "no pending entries")
 
     handled = Counter(event.event_id for event, _ in handler.calls)
     assert handled == {event.event_id: 1 for event in events}
     assert {delivery.attempt for _, delivery in handler.calls} == {2}
-    assert first_call_at[0] - read_at >= options.reclaim_idle_seconds - POLL_INTERVAL_SECONDS
+    assert min(called_at) - read_at >= options.reclaim_idle_seconds
 
 
 # -- missing group ---------------------------------------------------------------------------
@@ -409,34 +440,14 @@ async def _read_is_blocked(redis: Redis, client_name: str) -> bool:
     )
 
 
-async def _server_sends_unblocked_on_delete(redis: Redis) -> bool:
-    """Return whether the server ends a blocked XREADGROUP with -UNBLOCKED when its key goes.
-
-    Redis 7.0.15 does. Valkey 9.1, which the embedded server runs, replies -NOGROUP instead.
-    """
-    info = await redis.info("server")
-    major = int(str(info.get("redis_version", "0")).split(".")[0])
-    return "valkey_version" not in info and major >= 7
-
-
 @pytest.mark.parametrize("removal", ["delete stream", "destroy group"])
 async def test_consumer_recreates_group_when_removed(
     redis: Redis,
     redis_url: str,
     stream_prefix: str,
     removal: str,
-    request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if removal == "delete stream" and await _server_sends_unblocked_on_delete(redis):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="Redis ends the blocked XREADGROUP with '-UNBLOCKED the stream key "
-                "no longer exists', which is_missing_group does not match, so the read "
-                "loop raises and run() fails",
-            )
-        )
     stream = stream_of(stream_prefix)
     client_name = f"{stream_prefix}consumer"
     consumer_redis = Redis.from_url(redis_url, client_name=client_name)
@@ -449,6 +460,8 @@ async def test_consumer_recreates_group_when_removed(
             # structlog to cache loggers on first use.
             monkeypatch.setattr(consumer_module, "log", structlog.get_logger("orderflow.consumer"))
             # A long block keeps the read loop inside XREADGROUP when the group disappears.
+            # Redis 7.0.15 then ends the read with -UNBLOCKED for a deleted stream and with
+            # -NOGROUP for a destroyed group. Valkey 9.1 replies -NOGROUP to both.
             consumer = GroupConsumer(
                 consumer_redis, make_spec(stream_prefix, handler), fast_options(block_ms=2000)
             )
@@ -457,15 +470,22 @@ async def test_consumer_recreates_group_when_removed(
                 await wait_until(lambda: before.event_id in handler.handled_event_ids(), "first")
                 await wait_until(lambda: _read_is_blocked(redis, client_name), "a blocked read")
 
-                # The first start creates the group too, and logs the same line.
-                created_before = len(messages(logs, GROUP_MISSING_MESSAGE))
+                # The first start creates the group and logs it at INFO, as a normal start.
+                created_before = len(messages(logs, GROUP_CREATED_MESSAGE))
+                missing_before = len(messages(logs, GROUP_MISSING_MESSAGE))
                 if removal == "delete stream":
                     await redis.delete(stream)
                 else:
                     await redis.xgroup_destroy(stream, GROUP)
-                await wait_until(lambda: _group_exists(redis, stream), "the group recreated")
+                await wait_until(
+                    lambda: _group_exists(redis, stream), "the group", running_task=task
+                )
                 await add_event(redis, stream, after)
-                await wait_until(lambda: after.event_id in handler.handled_event_ids(), "second")
+                await wait_until(
+                    lambda: after.event_id in handler.handled_event_ids(),
+                    "the second event",
+                    running_task=task,
+                )
                 await wait_until(lambda: _pending_is(redis, stream, 0), "no pending entries")
 
                 assert not task.done()
@@ -473,7 +493,8 @@ async def test_consumer_recreates_group_when_removed(
         await consumer_redis.aclose()
 
     assert created_before == 1
-    assert len(messages(logs, GROUP_MISSING_MESSAGE)) - created_before == 1
+    assert missing_before == 0
+    assert len(messages(logs, GROUP_MISSING_MESSAGE)) == 1
     assert handler.calls_for(after.event_id) == 1
 
 
@@ -507,15 +528,52 @@ async def test_consumer_finishes_inflight_handler_when_stopped(
     assert await pending_count(redis, stream) == 0
 
 
+async def test_consumer_finishes_inflight_retry_when_stopped(
+    redis: Redis, stream_prefix: str
+) -> None:
+    stream = stream_of(stream_prefix)
+    retry_started = asyncio.Event()
+    finished: list[int] = []
+
+    async def handler(event: Event, delivery: Delivery) -> None:
+        if delivery.attempt == 1:
+            raise RuntimeError("simulated failure, so the entry is retried")
+        retry_started.set()
+        await asyncio.sleep(0.3)  # the work that must finish after stop()
+        finished.append(delivery.attempt)
+
+    consumer = GroupConsumer(redis, make_spec(stream_prefix, handler), fast_options())
+    task = asyncio.create_task(consumer.run())
+    await add_event(redis, stream, ready_to_ship())
+    await asyncio.wait_for(retry_started.wait(), timeout=WAIT_TIMEOUT_SECONDS)
+
+    consumer.stop()
+    await asyncio.wait_for(task, timeout=2.0)
+
+    assert finished == [2]
+    assert await pending_count(redis, stream) == 0
+
+
 class HandlerCrash(BaseException):
     """An error that escapes the consumer's `except Exception`, as a stand-in for any loop bug."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run() gathers its loops without cancelling the others, so when one loop raises, "
-    "run() fails while the retry and reclaim loops go on claiming and handling entries",
-)
+def crashed_with_handler_crash(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return error.subgroup(HandlerCrash) is not None
+    return isinstance(error, HandlerCrash)
+
+
+async def stop_leftovers(consumer: GroupConsumer) -> None:
+    """Stop whatever a failed `run()` left running, so no task outlives the test."""
+    consumer.stop()
+    leftover = consumer_tasks_alive()
+    if leftover:
+        await asyncio.wait_for(
+            asyncio.gather(*leftover, return_exceptions=True), timeout=STOP_TIMEOUT_SECONDS
+        )
+
+
 async def test_consumer_leaves_no_loops_when_run_fails(redis: Redis, stream_prefix: str) -> None:
     stream = stream_of(stream_prefix)
     crashed: list[str] = []
@@ -530,15 +588,43 @@ async def test_consumer_leaves_no_loops_when_run_fails(redis: Redis, stream_pref
     await add_event(redis, stream, ready_to_ship())
 
     try:
-        with pytest.raises(HandlerCrash):
+        with pytest.raises((HandlerCrash, BaseExceptionGroup)) as caught:
             await asyncio.wait_for(task, timeout=WAIT_TIMEOUT_SECONDS)
-        leftover = loop_tasks_alive()
-        assert leftover == []
+        assert crashed_with_handler_crash(caught.value)
+        assert consumer_tasks_alive() == []
     finally:
-        consumer.stop()
-        leftover = loop_tasks_alive()
-        if leftover:
-            await asyncio.wait_for(asyncio.gather(*leftover), timeout=STOP_TIMEOUT_SECONDS)
+        await stop_leftovers(consumer)
+
+
+async def test_consumer_leaves_no_retries_when_run_fails(redis: Redis, stream_prefix: str) -> None:
+    stream = stream_of(stream_prefix)
+    retried, crashing = ready_to_ship(), ready_to_ship()
+    retry_started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(event: Event, delivery: Delivery) -> None:
+        if event.event_id == crashing.event_id:
+            raise HandlerCrash
+        if delivery.attempt == 1:
+            raise RuntimeError("simulated failure, so the entry is retried")
+        retry_started.set()
+        await release.wait()
+
+    options = fast_options(handler_timeout_seconds=0.9)
+    consumer = GroupConsumer(redis, make_spec(stream_prefix, handler), options)
+    task = asyncio.create_task(consumer.run())
+    await add_event(redis, stream, retried)
+
+    try:
+        await asyncio.wait_for(retry_started.wait(), timeout=WAIT_TIMEOUT_SECONDS)
+        await add_event(redis, stream, crashing)
+        with pytest.raises((HandlerCrash, BaseExceptionGroup)) as caught:
+            await asyncio.wait_for(task, timeout=WAIT_TIMEOUT_SECONDS)
+        assert crashed_with_handler_crash(caught.value)
+        assert consumer_tasks_alive() == []
+    finally:
+        release.set()
+        await stop_leftovers(consumer)
 
 
 # -- conditions polled by the tests ----------------------------------------------------------
