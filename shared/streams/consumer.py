@@ -77,6 +77,8 @@ class ConsumerOptions:
     handler_timeout_seconds: float = 10.0
     reclaim_idle_seconds: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # A consumer with nothing pending that was idle this long belongs to a finished process.
+    departed_idle_seconds: float = 600.0
     on_outcome: Callable[[str, str, str, float], None] | None = None
     # Tells a dependency outage apart from a failure the event causes; see `_after_failure`.
     is_outage: Callable[[BaseException], bool] | None = None
@@ -318,9 +320,27 @@ class GroupConsumer:
         )
         next_cursor, claimed = response[0], response[1]
         self._reclaim_cursor = next_cursor
+        if next_cursor == b"0-0":
+            await self._forget_departed_consumers()
         if claimed:
             self._log.info("reclaimed idle entries", count=len(claimed))
             await self._handle_claimed(name, claimed)
+
+    async def _forget_departed_consumers(self) -> None:
+        """Delete consumers of finished processes: nothing pending and long idle.
+
+        Consumer names carry the process id, so each restart adds one; without this the
+        group's consumer list grows forever.
+        """
+        threshold_ms = int(self.options.departed_idle_seconds * 1000)
+        consumers = await self.redis.xinfo_consumers(self.spec.stream, self.spec.group)
+        for consumer in consumers:
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            idle = int(consumer.get("idle", 0))
+            if consumer.get("pending", 0) == 0 and idle > threshold_ms and name not in self.names:
+                await self.redis.xgroup_delconsumer(self.spec.stream, self.spec.group, name)
+                self._log.info("removed departed consumer", consumer=name, idle_ms=idle)
 
     async def _claim_and_handle(self, name: str, entry_ids: list[bytes], min_idle_ms: int) -> None:
         try:

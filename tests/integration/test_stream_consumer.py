@@ -644,3 +644,25 @@ async def _group_exists(redis: Redis, stream: str) -> bool:
         return False
     groups = await redis.xinfo_groups(stream)
     return any(info["name"] in (GROUP, GROUP.encode()) for info in groups)
+
+
+async def test_consumer_removes_departed_consumers(redis: Redis, stream_prefix: str) -> None:
+    stream = stream_of(stream_prefix)
+    handler = RecordingHandler()
+    options = fast_options(departed_idle_seconds=0.3)
+    consumer = GroupConsumer(redis, make_spec(stream_prefix, handler), options)
+
+    async with running(consumer):
+        await wait_until(lambda: _group_exists(redis, stream), "the group")
+        await redis.xgroup_createconsumer(stream, GROUP, "gone-host-1-0")
+
+        async def departed_removed() -> bool:
+            names = {c["name"] for c in await redis.xinfo_consumers(stream, GROUP)}
+            return b"gone-host-1-0" not in names and "gone-host-1-0" not in names
+
+        await wait_until(departed_removed, "the departed consumer removed")
+        names = {c["name"] for c in await redis.xinfo_consumers(stream, GROUP)}
+
+    assert {name.decode() if isinstance(name, bytes) else name for name in names} <= set(
+        consumer.names
+    )
