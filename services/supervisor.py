@@ -213,6 +213,7 @@ class Supervisor:
         print(
             "\norderflow is running; Ctrl-C stops it.\n"
             f"  API:      {base}/api/v1/orders\n"
+            f"  monitor:  {base}/monitor\n"
             f"  OpenAPI:  {base}/schema\n"
             f"  metrics:  {base}/metrics\n"
             f"  mail:     {self.settings.mail_path.resolve()}\n"

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from services.gateway.admin import ADMIN_ROUTES
 from services.gateway.backlog import BacklogMonitor
 from services.gateway.errors import EXCEPTION_HANDLERS
+from services.gateway.monitor import MONITOR_ROUTES, ThroughputSampler
 from services.gateway.orders import OrderService
 from services.gateway.routes import ROUTES
 from shared.db.engine import make_engine, make_session_factory
@@ -93,18 +94,22 @@ def create_app(settings: Settings) -> Litestar:
         app.state.orders = OrderService(
             make_session_factory(engine), settings.base_url, settings.invoice_path
         )
+        throughput = ThroughputSampler(redis, tiers)
+        app.state.throughput = throughput
         backlog.start()
-        log.info("gateway started", url=settings.base_url)
+        throughput.start()
+        log.info("gateway started", url=settings.base_url, monitor=f"{settings.base_url}/monitor")
         try:
             yield
         finally:
+            await throughput.stop()
             await backlog.stop()
             await redis.aclose()
             await engine.dispose()
             log.info("gateway stopped")
 
     return Litestar(
-        route_handlers=[*ROUTES, *ADMIN_ROUTES],
+        route_handlers=[*ROUTES, *ADMIN_ROUTES, *MONITOR_ROUTES],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_logging],

@@ -55,7 +55,7 @@ class GroupCounters:
 
     @property
     def finished(self) -> int:
-        """Entries delivered and no longer pending: acknowledged, or dead-lettered (also acked)."""
+        """Entries delivered and no longer pending: acknowledged or dead-lettered."""
         return self.entries_read - self.pending
 
 
@@ -119,7 +119,10 @@ class ThroughputSampler:
             self._task = None
 
     async def sample_once(self) -> None:
-        """Read every group's counters and add them to the window; raise RedisError on failure."""
+        """Read every group's counters and add them to the window.
+
+        Raises RedisError or OSError when Redis fails, and then adds nothing.
+        """
         counters: dict[GroupKey, GroupCounters] = {}
         for tier in Tier:
             try:
@@ -210,11 +213,11 @@ class ThroughputSampler:
 
 
 def _entries_read(info: dict[str, Any]) -> int | None:
-    """Return a group's read counter, or None while Redis cannot tell it.
+    """Return a group's read counter, or None while Redis does not report it.
 
-    Redis 7.0 reports nil until a group's first read after XGROUP CREATE. A group that has
-    delivered nothing yet (last id 0-0) has read nothing; one created at `$` or another id
-    gets no rate until its first read sets the counter.
+    Redis 7.0 reports nil until a group's first read after XGROUP CREATE. A group whose last
+    delivered id is 0-0 has read nothing, so its counter is 0. A group created at `$` or at
+    another id gets no rate until its first read sets the counter.
     """
     entries_read = info.get("entries-read")
     if entries_read is not None:
@@ -241,7 +244,7 @@ def _static(name: str, media_type: str) -> File:
 
 @get("/monitor", include_in_schema=False)
 async def monitor_page() -> File:
-    """Serve the monitor page; its data comes from the admin API, called by the browser."""
+    """Serve the monitor page. The browser fetches its data from the admin API."""
     return _static("monitor.html", "text/html")
 
 

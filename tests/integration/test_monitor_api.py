@@ -39,7 +39,7 @@ RESUMED_LOG = "throughput sampling resumed"
 
 async def wait_until(
     check: Callable[[], bool | Awaitable[bool]],
-    what: str,
+    description: str,
     timeout_seconds: float = WAIT_TIMEOUT_SECONDS,
 ) -> None:
     deadline = time.monotonic() + timeout_seconds
@@ -50,7 +50,7 @@ async def wait_until(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_seconds} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_seconds} s waiting for {description}")
         await asyncio.sleep(POLL_INTERVAL_SECONDS)
 
 
@@ -61,7 +61,7 @@ async def add_entries(redis: Redis, stream: str, count: int) -> None:
 
 async def read_and_ack(redis: Redis, stream: str, group: str, read: int, ack: int) -> None:
     """Deliver `read` new entries to one consumer of `group` and acknowledge the first `ack`."""
-    response = await redis.xreadgroup(group, "test-consumer", {stream: ">"}, count=read)
+    response: Any = await redis.xreadgroup(group, "test-consumer", {stream: ">"}, count=read)
     entry_ids = [entry_id for _stream, entries in response for entry_id, _fields in entries]
     assert len(entry_ids) == read
     if ack:
@@ -71,14 +71,15 @@ async def read_and_ack(redis: Redis, stream: str, group: str, read: int, ack: in
 def group_rates(rates: dict[str, Any], tier: str, group: str) -> dict[str, Any]:
     for entry in rates["groups"]:
         if entry["tier"] == tier and entry["group"] == group:
-            return entry
+            found: dict[str, Any] = entry
+            return found
     raise AssertionError(f"group {tier}/{group} is not in {rates['groups']}")
 
 
 # -- sampler against Redis ----------------------------------------------------------------
 
 
-async def test_sampler_counts_acked_entries_when_group_reads(
+async def test_sampler_counts_acknowledged_when_group_acks(
     redis: Redis, stream_prefix: str
 ) -> None:
     tiers = TierMap(stream_prefix)
@@ -93,9 +94,8 @@ async def test_sampler_counts_acked_entries_when_group_reads(
     await read_and_ack(redis, critical, "payments", read=5, ack=3)
     await sampler.sample_once()
     second = group_rates(sampler.rates(), "critical", "payments")
-    await redis.xack(
-        critical, "payments", *[entry_id for entry_id, _ in await redis.xrange(critical)]
-    )
+    remaining: Any = await redis.xrange(critical)
+    await redis.xack(critical, "payments", *[entry_id for entry_id, _ in remaining])
     await sampler.sample_once()
     rates = sampler.rates()
 
@@ -141,7 +141,7 @@ async def test_sampler_lists_nothing_when_streams_missing(redis: Redis, stream_p
     assert sampler.rates()["groups"] == []
 
 
-def test_sampler_drops_samples_when_older_than_window() -> None:
+def test_sampler_drops_samples_when_window_passes() -> None:
     sampler = ThroughputSampler(
         Redis(), TierMap("unused:"), interval_seconds=1.0, window_seconds=3.0
     )
@@ -158,13 +158,13 @@ def test_sampler_drops_samples_when_older_than_window() -> None:
     assert all(point["per_second"] == 3.0 for point in points)
 
 
-def test_sampler_rejects_interval_when_longer_than_window() -> None:
+def test_sampler_rejects_interval_when_exceeds_window() -> None:
     with pytest.raises(ValueError, match=r"interval 10\.0 s"):
         ThroughputSampler(Redis(), TierMap("unused:"), interval_seconds=10.0, window_seconds=5.0)
 
 
 class OutageProxy:
-    """A TCP proxy to Redis that can refuse service, to take Redis away from one client only.
+    """A TCP proxy to Redis that can reject every connection, taking Redis away from one client.
 
     While down it accepts each connection and closes it at once, counting the attempts.
     """
@@ -173,7 +173,7 @@ class OutageProxy:
         self.target_host = target_host
         self.target_port = target_port
         self.down = False
-        self.refused = 0
+        self.rejected = 0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -203,7 +203,7 @@ class OutageProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.down:
-            self.refused += 1
+            self.rejected += 1
             writer.close()
             return
         upstream_reader, upstream_writer = await asyncio.open_connection(
@@ -237,7 +237,7 @@ async def outage_proxy(redis_url: str) -> AsyncIterator[OutageProxy]:
     await proxy.close()
 
 
-async def test_sampler_logs_once_and_resumes_when_redis_down(
+async def test_sampler_survives_when_redis_down(
     redis: Redis, redis_url: str, stream_prefix: str, outage_proxy: OutageProxy
 ) -> None:
     target = urlsplit(redis_url)
@@ -256,7 +256,7 @@ async def test_sampler_logs_once_and_resumes_when_redis_down(
             await wait_until(lambda: bool(sampler.rates()["groups"]), "a first sample")
             outage_proxy.go_down()
             await wait_until(lambda: not sampler.redis_ok, "the sampler to notice the outage")
-            await wait_until(lambda: outage_proxy.refused >= 5, "five failed samples")
+            await wait_until(lambda: outage_proxy.rejected >= 5, "five failed samples")
             failed_while_down = [entry for entry in logs if entry["event"] == FAILED_LOG]
 
             outage_proxy.come_up()
@@ -291,9 +291,7 @@ def monitor_app(admin_token: str, sampler: ThroughputSampler) -> Litestar:
     )
 
 
-async def test_throughput_route_requires_token_when_token_set(
-    redis: Redis, stream_prefix: str
-) -> None:
+async def test_throughput_route_requires_token_when_set(redis: Redis, stream_prefix: str) -> None:
     tiers = TierMap(stream_prefix)
     await ensure_group(redis, tiers.stream(Tier.DEFAULT), "email")
     sampler = ThroughputSampler(redis, tiers)
@@ -325,7 +323,7 @@ async def test_throughput_route_requires_token_when_token_set(
     ]
 
 
-async def test_throughput_route_open_when_no_token_set(redis: Redis, stream_prefix: str) -> None:
+async def test_throughput_route_open_when_token_unset(redis: Redis, stream_prefix: str) -> None:
     sampler = ThroughputSampler(redis, TierMap(stream_prefix))
 
     async with AsyncTestClient(app=monitor_app("", sampler)) as client:
@@ -335,9 +333,7 @@ async def test_throughput_route_open_when_no_token_set(redis: Redis, stream_pref
     assert response.json()["groups"] == []
 
 
-async def test_monitor_page_served_with_strict_policy_when_requested(
-    redis: Redis, stream_prefix: str
-) -> None:
+async def test_monitor_page_has_csp_when_served(redis: Redis, stream_prefix: str) -> None:
     sampler = ThroughputSampler(redis, TierMap(stream_prefix))
 
     async with AsyncTestClient(app=monitor_app(ADMIN_TOKEN, sampler)) as client:
@@ -356,7 +352,7 @@ async def test_monitor_page_served_with_strict_policy_when_requested(
     assert '<script src="/monitor/monitor.js" defer></script>' in page.text
     assert script.status_code == 200
     assert script.headers["content-type"] == "text/javascript; charset=utf-8"
-    assert "refreshLoop" in script.text
+    assert "/api/v1/admin/dead-letters/" in script.text
     assert style.status_code == 200
     assert style.headers["content-type"] == "text/css; charset=utf-8"
     paths = schema.json()["paths"]
@@ -365,7 +361,7 @@ async def test_monitor_page_served_with_strict_policy_when_requested(
 
 
 @pytest.mark.parametrize("name", ["monitor.html", "monitor.js", "monitor.css"])
-def test_monitor_assets_fetch_nothing_external_when_loaded(name: str) -> None:
+def test_assets_fetch_nothing_external_when_loaded(name: str) -> None:
     text = (STATIC_DIR / name).read_text()
 
     urls = set(re.findall(r"https?://[^\s\"'`)]+", text))
@@ -375,7 +371,7 @@ def test_monitor_assets_fetch_nothing_external_when_loaded(name: str) -> None:
     assert "//cdn" not in text
 
 
-def test_monitor_script_builds_no_html_when_rendering() -> None:
+def test_script_builds_no_html_when_rendering() -> None:
     script = (STATIC_DIR / "monitor.js").read_text()
     page = (STATIC_DIR / "monitor.html").read_text()
 

@@ -13,18 +13,18 @@ const DEAD_LETTER_LIMIT = 100;
 const RECENT_ORDER_LIMIT = 10;
 const STEPS = ["payment", "inventory", "email", "invoice", "analytics", "warehouse"];
 const SERIES_COLORS = 6;
-// Pending entries older than this are highlighted; the default reclaim idle time is 30 s.
+// Pending entries older than the default reclaim idle time (30 s) are highlighted.
 const OLD_PENDING_MS = 30000;
 const CHART = { width: 720, height: 200, left: 56, right: 12, top: 12, bottom: 26 };
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 const state = {
   token: readStoredToken(),
-  // "none": the server has no admin token, so it only reads; "required": it has one.
+  // "unknown" until checked, then "none" (the server has no admin token and only reads)
+  // or "required".
   serverToken: "unknown",
   unreachable: "",
   tokenRejected: false,
-  writesForbidden: false,
   inFlight: new Set(),
   refreshCount: 0,
   refreshing: false,
@@ -50,7 +50,7 @@ function storeToken(token) {
     if (token) sessionStorage.setItem(TOKEN_STORAGE_KEY, token);
     else sessionStorage.removeItem(TOKEN_STORAGE_KEY);
   } catch {
-    // Storage can be disabled; the token then lasts until the page is reloaded.
+    // Storage can be disabled, and then the token lasts until the page is reloaded.
   }
 }
 
@@ -156,6 +156,14 @@ function formatRate(value) {
   return value < 10 ? value.toFixed(2) : value.toFixed(1);
 }
 
+function formatAxisRate(value) {
+  return Number.isInteger(value) ? String(value) : String(Number(value.toFixed(2)));
+}
+
+function formatWindow(seconds) {
+  return seconds < 120 ? `${Math.round(seconds)} s` : `${Math.round(seconds / 60)} min`;
+}
+
 function formatTime(value) {
   const date = new Date(value);
   return Number.isNaN(date.getTime()) ? String(value ?? "") : date.toLocaleTimeString();
@@ -172,8 +180,7 @@ function writable() {
   return (
     state.serverToken === "required" &&
     Boolean(state.token) &&
-    !state.tokenRejected &&
-    !state.writesForbidden
+    !state.tokenRejected
   );
 }
 
@@ -204,7 +211,6 @@ function accessMessage() {
     return "Read-only: enter the admin token to see streams and dead letters and to act on them.";
   }
   if (state.tokenRejected) return "Read-only: the server rejected this admin token (401).";
-  if (state.writesForbidden) return "Read-only: the server rejected an admin action (403).";
   return "Admin token accepted: Replay and Delete are enabled.";
 }
 
@@ -289,11 +295,14 @@ function renderConsumers(consumers) {
       "li",
       { "data-consumer": consumer.name },
       el("span", { class: "consumer-name" }, consumer.name),
-      el("span", { class: "consumer-idle", "data-field": "idle" }, formatDuration(consumer.idle_ms)),
       el(
         "span",
-        { class: "consumer-pending", "data-field": "consumer_pending" },
-        `${formatCount(consumer.pending)} pending`,
+        { class: "consumer-detail" },
+        "idle ",
+        el("span", { "data-field": "idle" }, formatDuration(consumer.idle_ms)),
+        " · ",
+        el("span", { "data-field": "consumer_pending" }, formatCount(consumer.pending)),
+        " pending",
       ),
     ),
   );
@@ -315,7 +324,7 @@ function renderThroughput(data) {
   const container = document.getElementById("throughput");
   const withPoints = data.groups.filter((group) => group.points.length);
   if (!withPoints.length) {
-    const first = `${formatRate(data.interval_seconds)} s`;
+    const first = `${formatAxisRate(data.interval_seconds)} s`;
     container.replaceChildren(
       el(
         "p",
@@ -331,7 +340,8 @@ function renderThroughput(data) {
 
 function drawChart(data, groups) {
   const { width, height, left, right, top, bottom } = CHART;
-  const windowMs = data.window_seconds * 1000;
+  const windowSeconds = data.window_seconds;
+  const windowMs = windowSeconds * 1000;
   const start = data.now_ms - windowMs;
   const peak = Math.max(...groups.flatMap((group) => group.points.map((p) => p.per_second)));
   const ceiling = niceCeiling(peak);
@@ -350,18 +360,19 @@ function drawChart(data, groups) {
     chart.append(
       svg("line", { class: "grid", x1: left, x2: width - right, y1: y(rate), y2: y(rate) }),
       svg("text", { class: "axis", x: left - 6, y: y(rate) + 4, "text-anchor": "end" },
-        `${formatRate(rate)}/s`),
+        `${formatAxisRate(rate)}/s`),
     );
   }
-  const minutes = Math.round(data.window_seconds / 60);
   chart.append(
-    svg("text", { class: "axis", x: left, y: height - 6 }, `${minutes} min ago`),
+    svg("text", { class: "axis", x: left, y: height - 6 }, `${formatWindow(windowSeconds)} ago`),
     svg("text", { class: "axis", x: width - right, y: height - 6, "text-anchor": "end" }, "now"),
   );
   data.groups.forEach((group, index) => {
     if (!group.points.length) return;
     const color = `series-${index % SERIES_COLORS}`;
-    const coordinates = group.points.map((p) => `${x(p.at_ms).toFixed(1)},${y(p.per_second).toFixed(1)}`);
+    const coordinates = group.points.map(
+      (point) => `${x(point.at_ms).toFixed(1)},${y(point.per_second).toFixed(1)}`,
+    );
     const label = `${group.group} (${group.tier})`;
     if (coordinates.length === 1) {
       const [cx, cy] = coordinates[0].split(",");
@@ -383,7 +394,11 @@ function renderLegend(groups) {
       { "data-group": group.group, "data-tier": group.tier },
       el("span", { class: `swatch series-${index % SERIES_COLORS}`, "aria-hidden": "true" }),
       el("span", {}, `${group.group} (${group.tier})`),
-      el("span", { class: "rate", "data-field": "per_second" }, `${formatRate(group.per_second)}/s`),
+      el(
+        "span",
+        { class: "rate", "data-field": "per_second" },
+        `${formatRate(group.per_second)}/s`,
+      ),
     ),
   );
   return el("ul", { class: "legend" }, ...items);
@@ -432,7 +447,11 @@ function drawDeadLetters(letters, canWrite) {
         "td",
         { class: "actions" },
         el("button", { type: "button", "data-action": "replay", disabled }, "Replay"),
-        el("button", { type: "button", "data-action": "purge", class: "danger", disabled }, "Delete"),
+        el(
+          "button",
+          { type: "button", "data-action": "purge", class: "danger", disabled },
+          "Delete",
+        ),
       ),
     );
   });
@@ -453,16 +472,17 @@ async function actOnDeadLetter(action, reference) {
   });
   state.inFlight.delete(reference);
 
-  const verb = action === "replay" ? "Replayed" : "Deleted";
+  const [done, name] = action === "replay" ? ["Replayed", "Replay"] : ["Deleted", "Delete"];
   if (result.ok) {
-    setNotice(`${verb} ${reference}.`);
+    setNotice(`${done} ${reference}.`);
   } else {
+    // The admin API returns 401 for a wrong token and 403 when the server has no token.
     if (result.status === 401) state.tokenRejected = true;
-    if (result.status === 403) state.writesForbidden = true;
-    setNotice(`${verb.slice(0, -1)} of ${reference} failed: ${describeFailure(result)}`, "error");
+    if (result.status === 403) state.serverToken = "none";
+    setNotice(`${name} of ${reference} failed: ${describeFailure(result)}`, "error");
   }
   renderAccess();
-  requestRefresh();
+  refreshNow();
 }
 
 // -- orders -------------------------------------------------------------------------------
@@ -513,7 +533,10 @@ function renderStep(name, step) {
 
 function applyAdminResult(result, errorId, onData) {
   if (result.status === 401) {
-    showError(errorId, state.token ? "The admin token was rejected (401)." : "Needs the admin token.");
+    const message = state.token
+      ? "The admin token was rejected (401)."
+      : "Needs the admin token.";
+    showError(errorId, message);
     return;
   }
   if (!result.ok || result.data === null) {
@@ -543,8 +566,10 @@ async function refresh() {
   ]);
 
   const adminResults = [streams, letters, throughput];
-  state.tokenRejected = Boolean(state.token) && adminResults.some((r) => r.status === 401);
-  if (adminResults.some((r) => r.status === 401)) clearAdminSections();
+  const unauthorized = adminResults.some((r) => r.status === 401);
+  if (unauthorized) state.serverToken = "required";
+  state.tokenRejected = Boolean(state.token) && unauthorized;
+  if (unauthorized) clearAdminSections();
 
   applyAdminResult(streams, "tiers-error", (data) =>
     renderIfChanged("tiers", data.streams, () => renderTiers(data.streams)),
@@ -569,7 +594,8 @@ async function refresh() {
     : `Gateway unreachable at ${new Date().toLocaleTimeString()}, retrying`;
 }
 
-async function refreshLoop() {
+// Refresh now, or right after the refresh in flight, then again every REFRESH_INTERVAL_MS.
+async function refreshNow() {
   clearTimeout(state.timer);
   if (state.refreshing) {
     state.refreshAgain = true;
@@ -582,12 +608,8 @@ async function refreshLoop() {
     state.refreshing = false;
     const delay = state.refreshAgain ? 0 : REFRESH_INTERVAL_MS;
     state.refreshAgain = false;
-    state.timer = setTimeout(refreshLoop, delay);
+    state.timer = setTimeout(refreshNow, delay);
   }
-}
-
-function requestRefresh() {
-  refreshLoop();
 }
 
 // -- wiring -------------------------------------------------------------------------------
@@ -596,10 +618,9 @@ function useToken(token) {
   state.token = token;
   storeToken(token);
   state.tokenRejected = false;
-  state.writesForbidden = false;
   state.refreshCount = 0;
   setNotice(token ? "Token saved for this browser tab." : "Token forgotten.");
-  requestRefresh();
+  refreshNow();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -619,8 +640,8 @@ document.addEventListener("DOMContentLoaded", () => {
     if (row) actOnDeadLetter(button.dataset.action, row.dataset.reference);
   });
   document.addEventListener("visibilitychange", () => {
-    if (!document.hidden) requestRefresh();
+    if (!document.hidden) refreshNow();
   });
   renderAccess();
-  requestRefresh();
+  refreshNow();
 });
