@@ -1,7 +1,8 @@
 """The consume loop of one consumer group: read, handle, acknowledge, retry, dead-letter.
 
-FastStream 0.7.8's stream subscriber stops for good when its group disappears and its
-nack does nothing, so each service runs this loop on the broker's Redis connection instead.
+FastStream 0.7.8's stream subscriber stops for good when its group disappears, and its nack
+sends nothing to Redis (the entry just stays pending), so each service runs this loop on the
+broker's Redis connection instead.
 
 Guarantees, per group:
 - An entry is acknowledged only after its handler returned (the handler commits its effect
@@ -48,7 +49,7 @@ RECLAIM_BATCH = 100
 
 @dataclass(frozen=True)
 class Delivery:
-    """Where a handled event came from and how often it was delivered."""
+    """The stream entry an event came from, with its delivery count as the attempt number."""
 
     stream: str
     group: str
@@ -240,7 +241,7 @@ class GroupConsumer:
         )
         self._record("retried", "", elapsed)
         # The entry has been idle at least `delay` when the retry claims it, unless another
-        # consumer claimed it meanwhile; the claim's minimum idle time then makes it a no-op.
+        # consumer claimed it meanwhile. The claim's minimum idle time then makes it a no-op.
         min_idle_ms = int(delay * 1000)
         heapq.heappush(self._retries, (time.monotonic() + delay, entry_id, name, min_idle_ms))
         self._retry_ready.set()
