@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     admin_token: str = ""
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
 
-    database_pool_size: int = Field(default=20, ge=1, le=500)
+    # Connections per process, never more: one system is six processes, and PostgreSQL's
+    # default max_connections is 100.
+    database_pool_size: int = Field(default=10, ge=1, le=500)
 
     stream_prefix: str = ""
     work_tiers: dict[str, str] = Field(

@@ -1,7 +1,6 @@
 """Backlog per tier, refreshed in the background, for load shedding and `/ready`."""
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ from shared.metrics import (
     STREAM_BACKLOG,
     STREAM_LENGTH,
 )
+from shared.tasks import cancel_and_wait
 
 log = structlog.get_logger("orderflow.backlog")
 
@@ -88,10 +88,8 @@ class BacklogMonitor:
         self._task = asyncio.create_task(self._run(), name="backlog-monitor")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def refresh(self) -> None:
         for stream in self.streams:

@@ -32,6 +32,7 @@ from shared.errors import (
     OrderNotFound,
     Overloaded,
 )
+from shared.outages import is_dependency_outage
 
 log = structlog.get_logger("orderflow.gateway")
 
@@ -53,7 +54,9 @@ DEPENDENCY_ERRORS = (
     InterfaceError,
     PoolTimeoutError,
     RedisError,
-    ConnectionError,
+    # asyncpg's connection errors (refused, no such socket, unknown host) reach the
+    # gateway unwrapped by SQLAlchemy.
+    OSError,
     asyncio.TimeoutError,
 )
 
@@ -109,6 +112,10 @@ def dependency_error_response(request: Request[Any, Any, Any], exc: Exception) -
 
 
 def unexpected_error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # A connection PostgreSQL dropped while it shuts down or restarts surfaces as a plain
+    # DBAPIError or as asyncpg's own error, neither of which DEPENDENCY_ERRORS covers.
+    if is_dependency_outage(exc):
+        return dependency_error_response(request, exc)
     log.error("unexpected error", path=request.url.path, exc_info=exc)
     detail = "internal error; the request was not completed, please retry"
     return Response(

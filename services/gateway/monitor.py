@@ -7,7 +7,6 @@ from which `GET /api/v1/admin/throughput` returns the entries each group finishe
 """
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 from services.gateway.admin import admin_read_guard
 from services.gateway.routes import json_response
 from shared.logs import RepeatLimiter
+from shared.tasks import cancel_and_wait
 from shared.tiers import Tier, TierMap
 
 log = structlog.get_logger("orderflow.monitor")
@@ -112,11 +112,8 @@ class ThroughputSampler:
         self._task = asyncio.create_task(self._run(), name="throughput-sampler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def sample_once(self) -> None:
         """Read every group's counters and add them to the window.

@@ -6,6 +6,7 @@ record in one transaction, so an accepted order always has its event on the way.
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -41,6 +42,7 @@ STEP_NAMES = tuple(work.value for work in WorkType)
 CANCELLABLE = ("pending", "payment_processing", "confirmed", "processing")
 MAX_PAGE_SIZE = 100
 ITEM_FIELDS = ("product_id", "product_name", "quantity", "unit_price")
+ORDER_ID_PATTERN = re.compile(r"ORD-[0-9a-f]{32}")
 ALLOWED_STATUSES = frozenset(
     {
         "pending",
@@ -122,6 +124,7 @@ class OrderService:
         return CreatedOrder(order=await self._load_view(session, existing), replayed=True)
 
     async def get(self, order_id: str) -> dict[str, Any]:
+        _require_order_id(order_id)
         async with self.sessions() as session:
             order = await session.get(Order, order_id)
             if order is None:
@@ -135,6 +138,8 @@ class OrderService:
 
     async def list_page(self, query: ListQuery) -> dict[str, Any]:
         conditions = []
+        if query.customer_id and "\x00" in query.customer_id:
+            raise InvalidInput({"customer_id": "must not contain NUL characters"})
         if query.customer_id:
             conditions.append(Order.customer_id == query.customer_id)
         if query.status:
@@ -172,6 +177,7 @@ class OrderService:
 
     async def cancel(self, order_id: str, reason: str) -> dict[str, Any]:
         """Cancel an order that has not shipped; payments refunds and inventory releases."""
+        _require_order_id(order_id)
         async with self.sessions.begin() as session:
             cancelled = await session.execute(
                 update(Order)
@@ -189,6 +195,7 @@ class OrderService:
         return await self.get(order_id)
 
     async def invoice_file(self, order_id: str) -> Path:
+        _require_order_id(order_id)
         async with self.sessions() as session:
             if await session.get(Order, order_id) is None:
                 raise OrderNotFound(order_id)
@@ -368,22 +375,31 @@ def _snapshot(request: OrderRequest, now: datetime) -> OrderSnapshot:
     )
 
 
+def _require_order_id(order_id: str) -> None:
+    """Raise OrderNotFound for an id this API cannot have issued, before any query."""
+    if not ORDER_ID_PATTERN.fullmatch(order_id):
+        raise OrderNotFound(order_id)
+
+
 def encode_cursor(created_at: datetime, order_id: str) -> str:
     raw = f"{created_at.isoformat()}|{order_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    invalid = InvalidInput(
+        {"cursor": f"is not a cursor returned by this API (got {cursor[:40]!r})"}
+    )
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created_text, _, order_id = raw.partition("|")
         created_at = datetime.fromisoformat(created_text)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidInput(
-            {"cursor": f"is not a cursor returned by this API (got {cursor[:40]!r})"}
-        ) from exc
-    if not order_id or created_at.tzinfo is None:
-        raise InvalidInput(
-            {"cursor": f"is not a cursor returned by this API (got {cursor[:40]!r})"}
-        )
+        if created_at.tzinfo is None:
+            raise invalid
+        # Converting rejects times that only exist in another zone, such as year 1 at +05:00.
+        created_at = created_at.astimezone(UTC)
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError) as exc:
+        raise invalid from exc
+    if not ORDER_ID_PATTERN.fullmatch(order_id):
+        raise invalid
     return created_at, order_id

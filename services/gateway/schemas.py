@@ -15,7 +15,6 @@ from pydantic import (
     StrictInt,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from shared.errors import InvalidInput
@@ -37,13 +36,15 @@ EMAIL_PATTERN = re.compile(rf"^[^@\s\x00]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
 def _no_control_characters(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in value):
+        raise ValueError("must not contain control characters such as line breaks or tabs")
     if not value.strip():
         raise ValueError("must not be blank")
     return value
 
 
 def _valid_email(value: str) -> str:
-    if len(value) > 254 or not EMAIL_PATTERN.match(value):
+    if len(value) > 254 or not EMAIL_PATTERN.fullmatch(value):
         raise ValueError("must be an e-mail address such as name@example.com")
     return value
 
@@ -53,10 +54,11 @@ def _money(value: Decimal) -> Decimal:
         raise ValueError("must be a finite number")
     if value <= 0:
         raise ValueError("must be greater than 0")
-    if value != value.quantize(CENT):
-        raise ValueError("must have at most two decimal places")
+    # Before quantize, which raises InvalidOperation on magnitudes such as 1e400.
     if value > MAX_UNIT_PRICE:
         raise ValueError(f"must be at most {MAX_UNIT_PRICE}")
+    if value != value.quantize(CENT):
+        raise ValueError("must have at most two decimal places")
     return value.quantize(CENT)
 
 
@@ -105,6 +107,10 @@ def _optional_text(value: str | None) -> str | None:
     return value
 
 
+def _sum_lines(items: list[ItemRequest]) -> Decimal:
+    return sum((item.unit_price * item.quantity for item in items), Decimal("0.00"))
+
+
 class OrderRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -115,14 +121,16 @@ class OrderRequest(BaseModel):
     payment_method: PaymentMethod
     notes: Annotated[str | None, Field(max_length=1000), AfterValidator(_optional_text)] = None
 
-    @model_validator(mode="after")
-    def _total_fits(self) -> "OrderRequest":
-        if self.total_amount() > MAX_AMOUNT:
-            raise ValueError(f"order total must be at most {MAX_AMOUNT}")
-        return self
+    @field_validator("items")
+    @classmethod
+    def _total_fits(cls, items: list[ItemRequest]) -> list[ItemRequest]:
+        total = _sum_lines(items)
+        if total > MAX_AMOUNT:
+            raise ValueError(f"order total {total} must be at most {MAX_AMOUNT}")
+        return items
 
     def total_amount(self) -> Decimal:
-        return sum((item.unit_price * item.quantity for item in self.items), Decimal("0.00"))
+        return _sum_lines(self.items)
 
     def fingerprint(self) -> str:
         """Return a hash of the validated body, the same for semantically equal bodies."""
@@ -152,7 +160,7 @@ def problems_from(exc: ValidationError) -> dict[str, str]:
     for error in exc.errors():
         field = _field_path(tuple(error["loc"]))
         message = str(error["msg"]).removeprefix("Value error, ")
-        if error["type"] != "missing":
+        if error["type"] != "missing" and not isinstance(error.get("input"), list | dict):
             message = f"{message} (got {_shown_value(error.get('input'))!r})"
         problems.setdefault(field, message)
     return problems

@@ -9,10 +9,11 @@ from sqlalchemy.ext.asyncio import (
 
 
 def make_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
+    """Build the process's engine; it holds at most `pool_size` connections."""
     return create_async_engine(
         database_url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,
         pool_pre_ping=True,
         pool_timeout=10,
     )
