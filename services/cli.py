@@ -94,6 +94,12 @@ def _cmd_chaos(settings: Settings, args: argparse.Namespace) -> int:
     return run_chaos(ChaosOptions(args.duration, args.rate, args.seed, args.keep_data))
 
 
+def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from services.bench.runner import run_bench
+
+    return run_bench(settings, args)
+
+
 def _positive(minimum: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -130,9 +136,10 @@ def _add_chaos_parser(commands: "argparse._SubParsersAction[argparse.ArgumentPar
     chaos.add_argument(
         "--rate",
         type=_positive(0.5),
-        default=20.0,
+        default=10.0,
         metavar="ORDERS_PER_SECOND",
-        help="new orders per second (default 20)",
+        help="new orders per second (default 10, which leaves a two-core machine room to "
+        "catch up after each fault)",
     )
     chaos.add_argument(
         "--seed", type=int, default=1, help="seed of the order contents and follow-ups (default 1)"
@@ -220,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(handler=_cmd_reconcile)
     _add_dlq_parser(commands)
     _add_chaos_parser(commands)
+    from services.bench.options import add_bench_parser
+
+    add_bench_parser(commands).set_defaults(handler=_cmd_bench)
     return parser
 
 

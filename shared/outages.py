@@ -9,15 +9,18 @@ import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-# PostgreSQL refusing or dropping connections: class 08 errors, and the server starting up,
-# shutting down or out of connection slots.
+# PostgreSQL refusing or dropping connections: class 08 errors, the server starting up,
+# shutting down or out of connection slots, and a client left in a broken state by a drop.
 POSTGRES_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    # asyncpg's own state error when it finds a connection the server dropped mid-operation
+    asyncpg.InternalClientError,
 )
+OUTAGE_ERRORS = (ConnectionError, PoolTimeoutError, *POSTGRES_OUTAGE_ERRORS)
 
 
 def is_dependency_outage(exc: BaseException) -> bool:
@@ -33,7 +36,7 @@ def is_dependency_outage(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ConnectionError | PoolTimeoutError | POSTGRES_OUTAGE_ERRORS):
+        if isinstance(current, OUTAGE_ERRORS):
             return True
         if isinstance(current, DBAPIError) and current.connection_invalidated:
             return True

@@ -1,19 +1,20 @@
 """Open-loop HTTP/1.1 load: requests go out on a schedule, whether or not earlier ones returned.
 
-A closed loop (each client waits for its answer before the next request) slows down with
+A closed loop (each client waits for its response before the next request) slows down with
 the server and hides its queueing. Here each request has a scheduled send time taken from
 the rate profile, and its latency is measured from that time, so waiting for a free
 connection counts against the server. The client is a small keep-alive HTTP/1.1 protocol on
 asyncio, with request bytes built before the run, because the generator shares the CPU with
-the system it measures: httpx costs several times more CPU per request.
+the system it measures.
 
 The generator measures itself: the rate it achieved, how late its scheduler woke up, and
-its CPU time. `LoadRun.shortfall()` says when it could not keep the requested rate.
+its CPU time. `LoadRun.shortfall()` explains a run that fell short of the requested rate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from array import array
 from collections import Counter, deque
@@ -27,14 +28,15 @@ from services.bench.stats import distribution, percentile
 
 CONNECT_ERROR_STATUS = 0
 TIMEOUT_STATUS = -1
-# A rate of zero (the start of a ramp) is re-read this often, in seconds.
-IDLE_RATE_STEP_SECONDS = 0.01
-# The scheduler sleeps at most this long, so a ramp that starts from zero is noticed.
+# The scheduler sleeps at most this long between checks, in seconds.
 MAX_SLEEP_SECONDS = 0.05
 # The generator kept the rate when it completed at least this share of the requested requests.
 KEPT_RATE_SHARE = 0.95
-# A scheduler that wakes later than this (p99) was short of CPU, so the rate was not kept.
+# A scheduler that wakes later than this (p99) was short of CPU, and the delay shows in
+# every latency measured from the scheduled time.
 MAX_SCHEDULER_LATE_MS = 20.0
+# The start of one response body per error status is kept, to show why requests failed.
+ERROR_BODY_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class RateProfile:
     start_rate: float = 0.0
 
     @classmethod
-    def constant(cls, rate: float, seconds: float) -> "RateProfile":
+    def constant(cls, rate: float, seconds: float) -> RateProfile:
         return cls(stages=((seconds, rate),), start_rate=rate)
 
     @property
@@ -80,6 +82,31 @@ class RateProfile:
             previous = target
         return total
 
+    def time_of(self, count: float) -> float | None:
+        """Return the offset at which `count` requests are due, or None past the profile's end.
+
+        The area under a linear ramp grows quadratically, so each stage solves
+        a*t + (b/2)*t^2 = remaining for t. Stepping by 1/rate instead would stall at the
+        start of a ramp from zero, where the rate is still close to zero.
+        """
+        elapsed = 0.0
+        remaining = count
+        previous = self.start_rate
+        for stage_seconds, target in self.stages:
+            area = (previous + target) / 2 * stage_seconds
+            if remaining <= 0:
+                return elapsed
+            if remaining <= area and stage_seconds > 0:
+                slope = (target - previous) / stage_seconds
+                if abs(slope) < 1e-12:
+                    return elapsed + remaining / previous
+                root = math.sqrt(max(previous * previous + 2 * slope * remaining, 0.0))
+                return elapsed + (root - previous) / slope
+            remaining -= area
+            elapsed += stage_seconds
+            previous = target
+        return None
+
 
 def build_post(host: str, port: int, path: str, body: bytes) -> bytes:
     """Return the bytes of one keep-alive `POST path` with a JSON body."""
@@ -101,7 +128,9 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.waiter: asyncio.Future[int] | None = None
         self.closed = False
+        self.error_body = b""
         self._status = 0
+        self._head_end = 0
         self._body_end = -1
         self._chunked = False
         self._close_after = False
@@ -120,7 +149,7 @@ class _Connection(asyncio.Protocol):
         if self.waiter is not None:
             self._complete_if_whole()
 
-    def send(self, request: bytes) -> "asyncio.Future[int]":
+    def send(self, request: bytes) -> asyncio.Future[int]:
         assert self.transport is not None
         self.waiter = asyncio.get_running_loop().create_future()
         self._body_end = -1
@@ -144,6 +173,8 @@ class _Connection(asyncio.Protocol):
             end = self._body_end
         else:
             return
+        if self._status >= 300:
+            self.error_body = bytes(self.buffer[self._head_end : end][:ERROR_BODY_CHARS])
         del self.buffer[:end]
         waiter, self.waiter = self.waiter, None
         if self._close_after:
@@ -164,7 +195,8 @@ class _Connection(asyncio.Protocol):
         if marker >= 0:
             line_end = head.find(b"\r\n", marker + 2)
             length = int(head[marker + 17 : line_end if line_end >= 0 else None])
-        self._body_end = head_end + 4 + length
+        self._head_end = head_end + 4
+        self._body_end = self._head_end + length
         return True
 
 
@@ -178,6 +210,7 @@ class ConnectionPool:
         self.opened = 0
         self.waits = 0
         self._idle: list[_Connection] = []
+        self._every: list[_Connection] = []
         self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
 
     async def acquire(self) -> _Connection:
@@ -195,18 +228,21 @@ class ConnectionPool:
             except OSError:
                 self.opened -= 1
                 raise
+            self._every.append(protocol)
             return protocol
         self.waits += 1
         waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            connection = await waiter
+            handed = await waiter
         except asyncio.CancelledError:
             # A connection handed over just before the cancellation must not be lost.
-            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                self.release(waiter.result())  # type: ignore[arg-type]
+            if waiter.done() and not waiter.cancelled():
+                lost = waiter.result()
+                if lost is not None:
+                    self.release(lost)
             raise
-        return connection if connection is not None else await self.acquire()
+        return handed if handed is not None else await self.acquire()
 
     def release(self, connection: _Connection) -> None:
         usable = None if connection.closed else connection
@@ -222,25 +258,28 @@ class ConnectionPool:
             self._idle.append(usable)
 
     def close(self) -> None:
-        for connection in self._idle:
+        """Close every connection, busy ones included, so no socket outlives the run."""
+        for connection in self._every:
             connection.close()
+        self._every.clear()
         self._idle.clear()
 
 
 @dataclass
 class LoadRun:
-    """What one open-loop run sent and received, with offsets in seconds from its start."""
+    """Record of one open-loop run: each request and response, in seconds from its start."""
 
     profile: RateProfile
     connections: int
     started_at: float = 0.0  # wall-clock time (time.time()) of offset 0
-    seconds: float = 0.0  # from the start until the last answer
+    seconds: float = 0.0  # from the start until the last response
     scheduled: array[float] = field(default_factory=lambda: array("d"))
     sent: array[float] = field(default_factory=lambda: array("d"))
     latency: array[float] = field(default_factory=lambda: array("d"))  # from the scheduled time
     service: array[float] = field(default_factory=lambda: array("d"))  # from the actual send
     status: array[int] = field(default_factory=lambda: array("h"))
     scheduler_late: array[float] = field(default_factory=lambda: array("d"))
+    error_samples: dict[int, str] = field(default_factory=dict)
     connection_waits: int = 0
     cpu_seconds: float = 0.0
 
@@ -272,37 +311,50 @@ class LoadRun:
             "accepted": accepted,
             "errors": answered - accepted,
             "status_counts": self.status_counts(),
+            "error_samples": {str(status): body for status, body in self.error_samples.items()},
             "accepted_per_s": round(accepted / window, 2),
             "http_p50_ms": _rounded(percentile(latencies, 0.5), 1000),
             "http_p90_ms": _rounded(percentile(latencies, 0.9), 1000),
             "http_p99_ms": _rounded(percentile(latencies, 0.99), 1000),
             "http_max_ms": _rounded(latencies[-1] if latencies else None, 1000),
             "service_ms": distribution(self.service, scale=1000, digits=2),
-            "scheduler_late_p99_ms": _rounded(percentile(sorted(self.scheduler_late), 0.99), 1000),
+            "scheduler_late_p99_ms": round(self.scheduler_late_ms(), 2),
             "connection_waits": self.connection_waits,
             "generator_cpu_percent": round(100 * self.cpu_seconds / max(self.seconds, 1e-9), 1),
             "shortfall": self.shortfall(),
         }
 
     def shortfall(self) -> str | None:
-        """Explain how the generator failed to keep the requested rate, or return None."""
+        """Explain how the generator failed to send at the requested rate, or return None."""
         requested = self.profile.expected_requests() / self.profile.seconds
-        late = percentile(sorted(self.scheduler_late), 0.99) or 0.0
-        if late * 1000 > MAX_SCHEDULER_LATE_MS:
-            return (
-                f"the load generator was short of CPU: its scheduler woke up to "
-                f"{late * 1000:.0f} ms late (p99), so requests left later than scheduled"
-            )
         achieved = self.achieved_per_s()
         if achieved >= KEPT_RATE_SHARE * requested:
             return None
-        cause = "the scheduler kept time, so the cause is outside the generator"
+        causes = []
+        if self.scheduler_late_ms() > MAX_SCHEDULER_LATE_MS:
+            late = self.scheduler_late_ms()
+            causes.append(f"it was short of CPU (its scheduler woke up to {late:.0f} ms late)")
         if self.connection_waits:
-            cause = (
-                f"all {self.connections} connections were busy {self.connection_waits} times: "
-                "the server answered too slowly for this rate (or raise --connections)"
+            causes.append(
+                f"all {self.connections} connections were busy {self.connection_waits} times, "
+                "so the server answered too slowly for this rate (or raise --connections)"
             )
+        cause = " and ".join(causes) or "the scheduler kept time and connections were free"
         return f"the load generator sent {achieved:.0f}/s of {requested:.0f}/s requested: {cause}"
+
+    def lateness(self) -> str | None:
+        """Warn when the scheduler woke up late, which adds to every measured latency."""
+        late = self.scheduler_late_ms()
+        if late <= MAX_SCHEDULER_LATE_MS:
+            return None
+        return (
+            f"the load generator's scheduler woke up to {late:.0f} ms late (p99) because the "
+            "machine was short of CPU; latencies are measured from the scheduled time and "
+            "include that delay"
+        )
+
+    def scheduler_late_ms(self) -> float:
+        return 1000 * (percentile(sorted(self.scheduler_late), 0.99) or 0.0)
 
 
 def _rounded(seconds: float | None, scale: float) -> float | None:
@@ -310,7 +362,7 @@ def _rounded(seconds: float | None, scale: float) -> float | None:
 
 
 class OpenLoopGenerator:
-    """Sends the prepared requests in turn at the rates of a profile and records each answer."""
+    """Sends the prepared requests in turn at the rates of a profile and records each response."""
 
     def __init__(
         self, host: str, port: int, connections: int = 128, timeout_seconds: float = 10.0
@@ -356,21 +408,21 @@ class OpenLoopGenerator:
     ) -> None:
         loop = asyncio.get_running_loop()
         total_seconds = profile.seconds
-        next_due = 0.0
         index = 0
-        while next_due < total_seconds:
+        next_due = profile.time_of(index)
+        while next_due is not None and next_due < total_seconds:
             now = time.perf_counter() - start
             if next_due <= now:
                 record.scheduler_late.append(now - next_due)
-            while next_due <= now and next_due < total_seconds:
+            while next_due is not None and next_due <= now and next_due < total_seconds:
                 request = requests[index % len(requests)]
                 task = loop.create_task(self._send(pool, request, next_due, start, record))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
                 index += 1
-                rate = profile.rate_at(next_due)
-                next_due += 1.0 / rate if rate > 0 else IDLE_RATE_STEP_SECONDS
-            await asyncio.sleep(min(max(next_due - now, 0.0), MAX_SLEEP_SECONDS))
+                next_due = profile.time_of(index)
+            if next_due is not None:
+                await asyncio.sleep(min(max(next_due - now, 0.0), MAX_SLEEP_SECONDS))
 
     async def _send(
         self, pool: ConnectionPool, request: bytes, due: float, start: float, record: LoadRun
@@ -383,6 +435,10 @@ class OpenLoopGenerator:
                 sent = time.perf_counter()
                 try:
                     status = await connection.send(request)
+                    if status >= 300 and status not in record.error_samples:
+                        record.error_samples[status] = connection.error_body.decode(
+                            errors="replace"
+                        )
                 except BaseException:
                     connection.close()
                     raise

@@ -7,11 +7,11 @@ removes its data folder.
 """
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +34,7 @@ READY_POLL_SECONDS = 0.25
 # The supervisor gives its children 7 s after SIGTERM; this covers that and its own exit.
 STOP_TIMEOUT_SECONDS = 20.0
 LOG_TAIL_CHARS = 3000
+SERVICE_NAMES = frozenset({"payments", "inventory", "notifications", "analytics"})
 
 
 class SystemStartError(RuntimeError):
@@ -60,7 +61,7 @@ class LocalSystem:
     http_port: int = 0
     stream_prefix: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex[:10]}:")
     data_dir: Path | None = None
-    process: "subprocess.Popen[bytes] | None" = None
+    process: asyncio.subprocess.Process | None = None
     database_url: str | None = None
     redis_url: str | None = None
     scratch_database: str | None = None
@@ -95,6 +96,8 @@ class LocalSystem:
                 "ORDERFLOW_SIMULATED_LATENCY": self.options.latency,
                 "ORDERFLOW_LOG_LEVEL": "WARNING",
                 "ORDERFLOW_LOG_FORMAT": "json",
+                # Fixed metrics ports would clash with another system on this machine.
+                "ORDERFLOW_METRICS_PORT": "0",
             }
         )
         if self.options.consumer_base is not None:
@@ -102,12 +105,15 @@ class LocalSystem:
         env.update(await self._servers())
         log_path = self.options.log_path or self.data_dir / "up.log"
         with log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "up"],
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "services.cli",
+                "up",
                 cwd=self.data_dir,
                 env=env,
                 stdout=log_file,
-                stderr=subprocess.STDOUT,
+                stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
         await self._wait_ready(log_path)
@@ -115,8 +121,8 @@ class LocalSystem:
     async def _servers(self) -> dict[str, str]:
         """Return the ORDERFLOW_ URLs of Redis and PostgreSQL for the child environment.
 
-        A server that does not answer is left out, so `orderflow up` starts an embedded one
-        inside the data folder, which `stop()` removes.
+        A server that does not accept connections is left out, so `orderflow up` starts an
+        embedded one inside the data folder, which `stop()` removes.
         """
         urls: dict[str, str] = {}
         redis_url = self.options.redis_url or self.options.default_redis_url
@@ -140,12 +146,12 @@ class LocalSystem:
         headers = _auth_headers(self.options.admin_token)
         async with httpx.AsyncClient(base_url=self.url, timeout=5, headers=headers) as client:
             while time.monotonic() < deadline:
-                if self.process is not None and self.process.poll() is not None:
+                if self.process is not None and self.process.returncode is not None:
                     raise SystemStartError(
                         f"orderflow up exited with code {self.process.returncode} before it "
                         f"was ready; its output ends with:\n{_tail(log_path)}"
                     )
-                if await _consumers_ready(client):
+                if await _groups_ready(client):
                     return
                 await asyncio.sleep(READY_POLL_SECONDS)
         raise SystemStartError(
@@ -156,7 +162,7 @@ class LocalSystem:
 
     def processes(self) -> list[psutil.Process]:
         """Return the supervisor and every process below it that is still running."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None or self.process.returncode is not None:
             return []
         try:
             supervisor = psutil.Process(self.process.pid)
@@ -164,9 +170,24 @@ class LocalSystem:
         except psutil.NoSuchProcess:
             return []
 
+    def pause_services(self) -> None:
+        """Suspend the four services (SIGSTOP), so only intake uses the CPU."""
+        self._signal_services(signal.SIGSTOP)
+
+    def resume_services(self) -> None:
+        self._signal_services(signal.SIGCONT)
+
+    def _signal_services(self, signum: int) -> None:
+        for process in self.processes():
+            with contextlib.suppress(psutil.Error):
+                arguments = process.cmdline()
+                if "service" in arguments and arguments[-1] in SERVICE_NAMES:
+                    process.send_signal(signum)
+
     async def stop(self) -> None:
         """Stop every process, then remove the scratch database, stream keys and data folder."""
-        self._stop_processes()
+        self.resume_services()
+        await self._stop_processes()
         if self.scratch_database is not None:
             await _run_sql(
                 self.options.default_database_url,
@@ -178,27 +199,32 @@ class LocalSystem:
         if self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def _stop_processes(self) -> None:
+    async def _stop_processes(self) -> None:
         if self.process is None:
             return
         started = self.processes()
-        if self.process.poll() is None:
+        if self.process.returncode is None:
             self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT_SECONDS)
+            except TimeoutError:
                 self.process.kill()
-                self.process.wait(timeout=5)
+                await self.process.wait()
         # Children run in sessions of their own, so a killed supervisor can leave them behind.
         leftovers = [p for p in started if _alive(p)]
         for leftover in leftovers:
-            leftover.kill()
-        psutil.wait_procs(leftovers, timeout=5)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
+        await asyncio.to_thread(psutil.wait_procs, leftovers, timeout=5)
         self.process = None
 
 
-async def _consumers_ready(client: httpx.AsyncClient) -> bool:
-    """Return True once the gateway answers and every consumer group has a consumer."""
+async def _groups_ready(client: httpx.AsyncClient) -> bool:
+    """Return True once the gateway is ready and every service has created its group.
+
+    Consumers show up in Redis only after their first entry (Redis 7.0 does not list a
+    consumer whose first XREADGROUP blocks on an empty stream), so groups are the signal.
+    """
     try:
         ready = await client.get("/ready")
         if ready.status_code != 200:
@@ -206,10 +232,8 @@ async def _consumers_ready(client: httpx.AsyncClient) -> bool:
         streams = (await client.get("/api/v1/admin/streams")).json()["streams"]
     except (httpx.HTTPError, ValueError, KeyError):
         return False
-    with_consumers = {
-        group["name"] for tier in streams for group in tier["groups"] if group["consumers"]
-    }
-    return set(GROUP_NAMES.values()) <= with_consumers
+    groups = {group["name"] for tier in streams for group in tier["groups"]}
+    return set(GROUP_NAMES.values()) <= groups
 
 
 async def delete_keys(redis_url: str, prefix: str) -> None:

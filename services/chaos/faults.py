@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from redis.exceptions import RedisError
+
 from services.chaos.load import LoadGenerator
 from services.chaos.system import ChaosSystem
 from shared.ids import event_id_for
@@ -20,7 +22,7 @@ from shared.streams.groups import DEAD_LETTER_FIELD_PREFIX
 from shared.tiers import GROUP_NAMES, Tier, WorkType
 
 POSTGRES_OUTAGE_SECONDS = 5.0
-WATCH_TIMEOUT_SECONDS = 90.0
+WAIT_LIMIT_SECONDS = 90.0  # for a killed process to come back, or for entries to read
 WATCH_POLL_SECONDS = 0.2
 POISON_ORDER_COUNT = 3
 POISON_PREFIX = "poison-"
@@ -63,6 +65,10 @@ KILL_TARGETS = {
 }
 
 
+# Checks once what a watch waits for: returns what it saw, or None to be asked again.
+Probe = Callable[[], Awaitable[str | None]]
+
+
 @dataclass
 class FaultRecord:
     """One injected fault: when it started and ended, and what the system was seen doing."""
@@ -77,7 +83,7 @@ class FaultRecord:
 
 @dataclass
 class Injected:
-    """What the checks must find again: the bad entries this run put into the system."""
+    """The bad entries this run put into the system, which the checks must find again."""
 
     malformed_entry_id: str | None = None
     malformed_groups: tuple[str, ...] = ()
@@ -119,14 +125,37 @@ class FaultInjector:
             if record.ended_at is None:
                 record.ended_at = datetime.now(UTC)
 
-    async def finish_watches(self) -> None:
-        if self._watches:
-            await asyncio.gather(*self._watches, return_exceptions=True)
+    async def finish_watches(self, grace_seconds: float) -> None:
+        """Give the watches still running `grace_seconds`, then stop them as failed."""
+        if not self._watches:
+            return
+        _, unfinished = await asyncio.wait(set(self._watches), timeout=grace_seconds)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
 
-    def _watch(self, record: FaultRecord, watch: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(watch)
+    def _watch(self, record: FaultRecord, probe: Probe, expectation: str) -> None:
+        """Poll `probe` in the background until it returns what it saw."""
+        task = asyncio.create_task(self._poll(record, probe, expectation))
         self._watches.add(task)
         task.add_done_callback(self._watches.discard)
+
+    async def _poll(self, record: FaultRecord, probe: Probe, expectation: str) -> None:
+        started = time.monotonic()
+        try:
+            while True:
+                try:
+                    seen = await probe()
+                except (RedisError, OSError):  # Redis may be restarting; poll again
+                    seen = None
+                if seen is not None:
+                    elapsed = time.monotonic() - started
+                    record.observations.append(f"{seen} after {elapsed:.1f} s")
+                    return
+                await asyncio.sleep(WATCH_POLL_SECONDS)
+        except asyncio.CancelledError:
+            record.failures.append(f"{expectation}: not seen before the run ended")
+            raise
 
     # -- process kills ---------------------------------------------------------------------
 
@@ -136,10 +165,10 @@ class FaultInjector:
         pid = await self.system.kill(name)
         killed_at = time.monotonic()
         record.detail = f"SIGKILL {name} (pid {pid}); the watcher restarts it"
-        if await self.system.wait_restarted(name, starts, WATCH_TIMEOUT_SECONDS):
+        if await self.system.wait_restarted(name, starts, WAIT_LIMIT_SECONDS):
             record.observations.append(f"restarted after {time.monotonic() - killed_at:.1f} s")
         else:
-            record.failures.append(f"{name} was not restarted within {WATCH_TIMEOUT_SECONDS:g} s")
+            record.failures.append(f"{name} was not restarted within {WAIT_LIMIT_SECONDS:g} s")
         record.ended_at = datetime.now(UTC)
 
     # -- load-side faults ------------------------------------------------------------------
@@ -164,26 +193,19 @@ class FaultInjector:
         )
         record.ended_at = datetime.now(UTC)
         event_ids = {event_id_for("OrderCreated", order_id) for order_id in placed}
-        self._watch(record, self._watch_poison(record, event_ids))
-
-    async def _watch_poison(self, record: FaultRecord, event_ids: set[str]) -> None:
-        started = time.monotonic()
         stream = self.system.tiers.dead_letter_stream(self._tier_of_group(POISON_GROUP))
-        while time.monotonic() - started < WATCH_TIMEOUT_SECONDS:
-            letters = await self._dead_letters(stream)
+
+        async def all_dead_lettered() -> str | None:
             found = {
                 _field(fields, "event_id")
-                for fields in letters
+                for _, fields in await self.system.read_stream(stream)
                 if _field(fields, f"{DEAD_LETTER_FIELD_PREFIX}group") == POISON_GROUP
             }
             if event_ids <= found:
-                record.observations.append(
-                    f"all {len(event_ids)} dead-lettered by {POISON_GROUP} after "
-                    f"{time.monotonic() - started:.1f} s"
-                )
-                return
-            await asyncio.sleep(WATCH_POLL_SECONDS)
-        record.failures.append(f"not all dead-lettered within {WATCH_TIMEOUT_SECONDS:g} s")
+                return f"all {len(event_ids)} dead-lettered by {POISON_GROUP}"
+            return None
+
+        self._watch(record, all_dead_lettered, "the poison orders' dead letters")
 
     # -- Redis faults ----------------------------------------------------------------------
 
@@ -192,7 +214,7 @@ class FaultInjector:
         stream = self.system.tiers.stream_of(WorkType.PAYMENT)
         client = self.system.redis()
         try:
-            deadline = time.monotonic() + WATCH_TIMEOUT_SECONDS
+            deadline = time.monotonic() + WAIT_LIMIT_SECONDS
             entries: list[Any] = []
             while not entries and time.monotonic() < deadline:
                 response = await client.xreadgroup(
@@ -202,7 +224,8 @@ class FaultInjector:
                     count=DEAD_CONSUMER_BATCH,
                     block=1000,
                 )
-                entries = [entry for _, batch in response or [] for entry in batch]
+                batches = cast(list[tuple[bytes, list[Any]]], response or [])
+                entries = [entry for _, batch in batches for entry in batch]
         finally:
             await client.aclose()
         ids = [_text(entry_id) for entry_id, _ in entries]
@@ -215,26 +238,18 @@ class FaultInjector:
         if not ids:
             record.failures.append("read no entry to leave pending")
             return
-        self._watch(record, self._watch_dead_consumer(record, stream))
 
-    async def _watch_dead_consumer(self, record: FaultRecord, stream: str) -> None:
-        started = time.monotonic()
-        client = self.system.redis()
-        try:
-            while time.monotonic() - started < WATCH_TIMEOUT_SECONDS:
+        async def all_reclaimed() -> str | None:
+            client = self.system.redis()
+            try:
                 pending = await client.xpending_range(
                     stream, DEAD_CONSUMER_GROUP, "-", "+", 100, consumername=DEAD_CONSUMER
                 )
-                if not pending:
-                    record.observations.append(
-                        f"every entry reclaimed by a live consumer after "
-                        f"{time.monotonic() - started:.1f} s"
-                    )
-                    return
-                await asyncio.sleep(WATCH_POLL_SECONDS)
-        finally:
-            await client.aclose()
-        record.failures.append(f"entries still pending after {WATCH_TIMEOUT_SECONDS:g} s")
+            finally:
+                await client.aclose()
+            return None if pending else "every entry reclaimed by a live consumer"
+
+        self._watch(record, all_reclaimed, "the reclaim of the dead consumer's entries")
 
     async def _redis_restart_kept(self, record: FaultRecord) -> None:
         record.detail = "Redis stopped and started again with its append-only file"
@@ -249,18 +264,11 @@ class FaultInjector:
         await self.system.restart_redis(keep_data=False)
         record.ended_at = datetime.now(UTC)
         record.observations.append(f"Redis down for {time.monotonic() - stopped:.1f} s")
-        self._watch(record, self._watch_groups(record))
 
-    async def _watch_groups(self, record: FaultRecord) -> None:
-        started = time.monotonic()
-        while time.monotonic() - started < WATCH_TIMEOUT_SECONDS:
-            if await self.system.groups_ready():
-                record.observations.append(
-                    f"every group recreated after {time.monotonic() - started:.1f} s"
-                )
-                return
-            await asyncio.sleep(WATCH_POLL_SECONDS)
-        record.failures.append(f"groups not recreated within {WATCH_TIMEOUT_SECONDS:g} s")
+        async def groups_recreated() -> str | None:
+            return "every group recreated" if await self.system.groups_ready() else None
+
+        self._watch(record, groups_recreated, "the consumer groups")
 
     async def _malformed_entry(self, record: FaultRecord) -> None:
         stream = self.system.tiers.stream(MALFORMED_TIER)
@@ -284,29 +292,21 @@ class FaultInjector:
         self.injected.malformed_groups = groups
         record.detail = f"XADD of an entry with an invalid payload to {stream} ({entry_id})"
         record.ended_at = datetime.now(UTC)
-        self._watch(record, self._watch_malformed(record, entry_id, groups))
-
-    async def _watch_malformed(
-        self, record: FaultRecord, entry_id: str, groups: tuple[str, ...]
-    ) -> None:
-        started = time.monotonic()
-        stream = self.system.tiers.dead_letter_stream(MALFORMED_TIER)
+        dead_stream = self.system.tiers.dead_letter_stream(MALFORMED_TIER)
         prefix = DEAD_LETTER_FIELD_PREFIX
-        while time.monotonic() - started < WATCH_TIMEOUT_SECONDS:
+
+        async def dead_lettered_by_each_group() -> str | None:
             letters = [
                 fields
-                for fields in await self._dead_letters(stream)
+                for _, fields in await self.system.read_stream(dead_stream)
                 if _field(fields, f"{prefix}entry-id") == entry_id
             ]
-            if {_field(fields, f"{prefix}group") for fields in letters} >= set(groups):
-                attempts = sorted(_field(fields, f"{prefix}attempts") for fields in letters)
-                record.observations.append(
-                    f"dead-lettered by {', '.join(groups)} after "
-                    f"{time.monotonic() - started:.1f} s (attempts {', '.join(attempts)})"
-                )
-                return
-            await asyncio.sleep(WATCH_POLL_SECONDS)
-        record.failures.append(f"not dead-lettered by all of {groups} in time")
+            if {_field(fields, f"{prefix}group") for fields in letters} < set(groups):
+                return None
+            attempts = sorted(_field(fields, f"{prefix}attempts") for fields in letters)
+            return f"dead-lettered by {', '.join(groups)} (attempts {', '.join(attempts)})"
+
+        self._watch(record, dead_lettered_by_each_group, "the malformed entry's dead letters")
 
     # -- PostgreSQL ------------------------------------------------------------------------
 
@@ -324,16 +324,6 @@ class FaultInjector:
     def _tier_of_group(self, group: str) -> Tier:
         work = next(work for work, name in GROUP_NAMES.items() if name == group)
         return self.system.tiers.tier_of(work)
-
-    async def _dead_letters(self, stream: str) -> list[dict[bytes, bytes]]:
-        client = self.system.redis()
-        try:
-            entries = await client.xrange(stream)
-        except Exception:  # Redis may be restarting; the watch polls again
-            return []
-        finally:
-            await client.aclose()
-        return [fields for _, fields in entries]
 
 
 def _text(value: bytes | str) -> str:

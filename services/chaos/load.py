@@ -1,8 +1,8 @@
 """The HTTP load of a chaos run: orders at a steady rate, replays, conflicts and cancels.
 
-The client behaves as a careful real one does: every order carries an Idempotency-Key,
-and a request that fails on the way (a refused connection, a 503 or 429) is sent again with
-the same key after the Retry-After delay, capped so the load keeps its pace. Every status
+The client behaves as a careful real one does. Every order carries an Idempotency-Key. A
+request that fails on the way (a refused connection, a 503 or 429) is sent again with the
+same key after the Retry-After delay, capped so that the load keeps its pace. Every status
 the gateway answers is recorded, so the checks can tell a shed request from a server error.
 """
 
@@ -73,13 +73,13 @@ class LoadRecord:
     replays: int = 0
     conflicts: int = 0
     cancels: Counter[int] = field(default_factory=Counter)
-    abandoned: int = 0
+    abandoned: int = 0  # requests given up at the deadline without a final answer
     bursts: list[list[str | None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class OrderPlan:
-    """What the client does with one order, drawn up front so a seed repeats the run."""
+    """The requests for one order, drawn up front so that a seed repeats the run."""
 
     number: int
     body: dict[str, Any]
@@ -150,12 +150,11 @@ class LoadGenerator:
                 await asyncio.sleep(delay)
 
     async def finish(self, timeout_seconds: float) -> None:
-        """Stop scheduling, let running orders finish, and abandon any left at the deadline."""
+        """Stop scheduling and let running orders finish; requests give up at the deadline."""
         self.stopping.set()
         self.give_up_at = time.monotonic() + timeout_seconds
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout_seconds + 5)
-        self.record.abandoned += len(self._tasks)
 
     def _start(self, work: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(work)
@@ -194,7 +193,7 @@ class LoadGenerator:
             await asyncio.sleep(plan.cancel_later_seconds)
             await self.cancel(order_id)
 
-    # -- special requests the fault schedule asks for ---------------------------------------
+    # -- requests that the fault schedule sends --------------------------------------------
 
     async def burst(self) -> list[str | None]:
         """Send BURST_SIZE identical requests with one key at once; return the order ids."""
@@ -249,8 +248,7 @@ class LoadGenerator:
         )
         if response is not None and response.status_code != 422:
             self.record.unexpected.append(
-                f"reusing key {key} with another body answered {response.status_code}, "
-                "expected 422"
+                f"reusing key {key} with another body answered {response.status_code}, expected 422"
             )
 
     async def cancel(self, order_id: str) -> None:
@@ -274,7 +272,7 @@ class LoadGenerator:
         headers: dict[str, str],
         route: str,
     ) -> httpx.Response | None:
-        """Send until the gateway gives an answer other than 429 or 5xx, or the deadline."""
+        """Send until the gateway returns a status other than 429 or 5xx, or the deadline passes."""
         while time.monotonic() < self.give_up_at:
             try:
                 response = await self.client.request(method, path, json=body, headers=headers)

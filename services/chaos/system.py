@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import asyncpg
 import httpx
@@ -36,6 +36,9 @@ READY_TIMEOUT_SECONDS = 60.0
 # A few products get little stock, so some orders run out of it and are cancelled.
 LOW_STOCK_PRODUCTS = tuple(f"prod-{index}" for index in range(5))
 LOW_STOCK_UNITS = 40
+# Eight processes, each with a pool of up to twice ORDERFLOW_DATABASE_POOL_SIZE, need more
+# than PostgreSQL's default of 100 connections.
+POSTGRES_MAX_CONNECTIONS = 300
 # Orders above this total are declined by the simulated payment provider.
 PAYMENT_LIMIT = "4000.00"
 
@@ -119,6 +122,15 @@ class ChaosSystem:
     def redis(self) -> Redis:
         return Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=2)
 
+    async def read_stream(self, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Return every entry of `stream`, oldest first."""
+        client = self.redis()
+        try:
+            entries = await client.xrange(stream)
+        finally:
+            await client.aclose()
+        return cast(list[tuple[bytes, dict[bytes, bytes]]], entries or [])
+
     def environment(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("ORDERFLOW_")}
         env.update(self.timings)
@@ -148,12 +160,25 @@ class ChaosSystem:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.redis_url = await asyncio.to_thread(self.redis_server.start)
         self.database_url = await asyncio.to_thread(self.postgres_server.start)
+        await self._raise_connection_limit()
         await asyncio.to_thread(upgrade_to_head, self.database_url)
         await self._seed_stock()
         for child in self.children.values():
             self._spawn(child)
         self._watching = True
         await self._wait_until_ready()
+
+    async def _raise_connection_limit(self) -> None:
+        """Set max_connections, which takes effect only after a restart."""
+        connection = await asyncpg.connect(plain_dsn(self.database_url))
+        try:
+            await connection.execute(
+                f"ALTER SYSTEM SET max_connections = {POSTGRES_MAX_CONNECTIONS}"
+            )
+        finally:
+            await connection.close()
+        await self.stop_postgres()
+        await self.start_postgres()
 
     async def _seed_stock(self) -> None:
         connection = await asyncpg.connect(plain_dsn(self.database_url))
@@ -252,8 +277,8 @@ class ChaosSystem:
         await asyncio.to_thread(process.wait, CHILD_GRACE_SECONDS)
         return process.pid
 
-    async def wait_restarted(self, name: str, previous_starts: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    async def wait_restarted(self, name: str, previous_starts: int, limit_seconds: float) -> bool:
+        deadline = time.monotonic() + limit_seconds
         while time.monotonic() < deadline:
             child = self.children[name]
             if child.starts > previous_starts and child.process is not None:

@@ -3,9 +3,10 @@
 When Redis restarts without its data, entries that were published but not yet handled are
 gone. The relay notices the restart (Redis's run id changes) and runs `reconcile`, which
 rebuilds each unfinished order's events from PostgreSQL and queues them in the outbox again.
-An order is unfinished while one of its steps is, and also while a cancelled or declined
-order still holds stock, a cancelled one a captured payment, or a declined one lacks its
-payment-failed e-mail: those compensations follow events that no step waits for.
+An order is unfinished while one of its steps is. A cancelled or declined order is also
+unfinished while it still has reserved stock, a cancelled one while its payment is still
+captured, and a declined one until its payment-failed e-mail is sent, because these
+compensations follow events that no step waits for.
 Event ids are derived from the order id, so groups that had handled an event skip it.
 """
 
@@ -144,14 +145,11 @@ async def _requeue_orders(session: AsyncSession, orders: list[Order]) -> None:
     )
     for item in item_rows.scalars():
         items[item.order_id].append(item)
-    declines = dict(
-        (
-            await session.execute(
-                select(Payment.order_id, Payment.decline_reason).where(
-                    Payment.order_id.in_(ids), Payment.status == "declined"
-                )
-            )
-        ).tuples()
+    declined = await session.execute(
+        select(Payment.order_id, Payment.decline_reason).where(
+            Payment.order_id.in_(ids), Payment.status == "declined"
+        )
     )
+    declines = {order_id: reason for order_id, reason in declined.all()}
     for order in orders:
         await _requeue(session, events_for(order, items[order.id], declines.get(order.id)))

@@ -151,23 +151,30 @@ class OutboxRelay:
                     await connection.close(timeout=2)
 
     async def watch_redis_restarts(self) -> None:
-        """Run the reconciler whenever Redis comes back as a new server (a new run id).
+        """Run the reconciler whenever Redis may have lost entries.
 
-        A restart without persistence loses unhandled entries and consumer groups; one with
-        persistence may lose the last second. Either way the reconciler queues the events
-        of every unfinished order again, and handlers skip what they had already done.
+        That is when Redis comes back as a new server (a new run id), and when the marker key
+        that each reconciliation sets is missing: Redis lost its data, perhaps while no relay
+        was running to see it restart. A restart without persistence loses unhandled entries
+        and consumer groups; one with persistence may lose the last second. Either way the
+        reconciler queues the events of every unfinished order again, and handlers skip what
+        they had already done.
         """
+        marker = f"{self.tiers.prefix}orderflow:reconciled-run-id"
         known_run_id: str | None = None
         while not self.stopping.is_set():
             try:
                 run_id = str((await self.redis.info("server"))["run_id"])
+                marked = bool(await self.redis.exists(marker))
             except (RedisError, OSError, KeyError):
-                run_id = None
-            if run_id is not None and known_run_id is not None and run_id != known_run_id:
-                log.warning("redis restarted, reconciling unfinished orders", run_id=run_id)
+                run_id, marked = None, False
+            restarted = known_run_id is not None and run_id != known_run_id
+            if run_id is not None and (restarted or not marked):
+                log.warning("redis may have lost entries, reconciling", run_id=run_id)
                 try:
                     await reconcile(self.sessions)
-                except (DBAPIError, OSError) as exc:
+                    await self.redis.set(marker, run_id)
+                except (DBAPIError, RedisError, OSError) as exc:
                     log.warning("reconciling failed, will retry", error=str(exc)[:300])
                     run_id = known_run_id
             if run_id is not None:

@@ -160,7 +160,7 @@ def problems_from(exc: ValidationError) -> dict[str, str]:
     for error in exc.errors():
         field = _field_path(tuple(error["loc"]))
         message = str(error["msg"]).removeprefix("Value error, ")
-        if error["type"] != "missing" and not isinstance(error.get("input"), list | dict):
+        if error["type"] != "missing":
             message = f"{message} (got {_shown_value(error.get('input'))!r})"
         problems.setdefault(field, message)
     return problems

@@ -78,8 +78,10 @@ async def _start_processing(ctx: PaymentsContext, event: OrderCreated) -> bool:
             .returning(Order.id)
         )
         if started.scalar_one_or_none() is None:
-            await mark_processed(session, GROUP, event.event_id)
-            await set_step(session, event.order_id, STEP, "skipped", "order was not payable")
+            # A redelivery of this event may have charged the order while this transaction
+            # waited for the order's row lock: then its marker exists and its step is final.
+            if await mark_processed(session, GROUP, event.event_id):
+                await set_step(session, event.order_id, STEP, "skipped", "order was not payable")
             return False
         await set_step(session, event.order_id, STEP, "processing")
         return True

@@ -9,9 +9,9 @@ Guarantees, per group:
   and the event id together), or after it was copied to the dead-letter stream.
 - A failed entry stays pending. This process retries it after a backoff by claiming it again,
   which raises Redis's delivery counter; so does a reclaim after a crash, and the counter is
-  the attempt number. At the maximum the entry is dead-lettered, unless `is_outage` blames
-  the failure on a dependency being down: such an entry is retried until the dependency is
-  back, because the event is not at fault.
+  the attempt number. At the maximum the entry is dead-lettered. A failure that `is_outage`
+  blames on a dependency being down is retried until the dependency is back and does not
+  count toward the maximum, because the event is not at fault.
 - Entries pending on a consumer that went away are claimed with XAUTOCLAIM once idle for
   `reclaim_idle_seconds`. Handlers run under a shorter timeout, so a live handler's entry is
   never claimed while it still runs.
@@ -106,8 +106,13 @@ class GroupConsumer:
         self._stopping = asyncio.Event()
         self._retries: list[tuple[float, bytes, str, int]] = []
         self._task_group: asyncio.TaskGroup | None = None
+        # Retries in flight at once; more would only open more Redis connections during a
+        # mass failure, when every entry fails at the same time.
+        self._retry_slots = asyncio.Semaphore(options.batch_size)
         self._retry_ready = asyncio.Event()
         self._outage = RepeatLimiter()
+        # Outage failures per pending entry, which the delivery counter counts as attempts.
+        self._outage_failures: dict[bytes, int] = {}
         self._reclaim_cursor = b"0-0"
         self._log = log.bind(stream=spec.stream, group=spec.group)
 
@@ -163,6 +168,8 @@ class GroupConsumer:
             await self._ack(done)
 
     async def _ack(self, entry_ids: list[bytes]) -> None:
+        for entry_id in entry_ids:
+            self._outage_failures.pop(entry_id, None)
         try:
             await self.redis.xack(self.spec.stream, self.spec.group, *entry_ids)
         except REDIS_ERRORS as exc:
@@ -227,9 +234,12 @@ class GroupConsumer:
         if isinstance(exc, TimeoutError):
             error = f"handler timed out after {self.options.handler_timeout_seconds} s"
         outage = self.options.is_outage is not None and self.options.is_outage(exc)
-        # NOTE: outage retries still raise the delivery counter, so an entry that fails for
-        # its own reason right after a long outage can be dead-lettered on its first such try.
-        if self.options.retry.exhausted(attempt) and not outage:
+        if outage:
+            self._outage_failures[entry_id] = self._outage_failures.get(entry_id, 0) + 1
+        # NOTE: the count of outage failures lives in this process only, so an entry that
+        # another process reclaims after an outage may reach the maximum sooner.
+        own_failures = attempt - self._outage_failures.get(entry_id, 0)
+        if self.options.retry.exhausted(own_failures) and not outage:
             self._log.error("event failed on its last attempt, dead-lettering", error=error)
             self._record("dead_lettered", "", elapsed)
             await self._dead_letter(entry_id, fields, error, attempt)
@@ -250,6 +260,7 @@ class GroupConsumer:
     async def _dead_letter(
         self, entry_id: bytes, fields: dict[bytes, bytes], error: str, attempt: int
     ) -> None:
+        self._outage_failures.pop(entry_id, None)
         try:
             await dead_letter(
                 self.redis,
@@ -286,7 +297,7 @@ class GroupConsumer:
             _, entry_id, name, min_idle_ms = heapq.heappop(self._retries)
             # Each retry runs in its own task, so a slow one never delays the others.
             assert self._task_group is not None
-            self._task_group.create_task(self._claim_and_handle(name, [entry_id], min_idle_ms))
+            self._task_group.create_task(self._retry(name, entry_id, min_idle_ms))
 
     async def _reclaim_loop(self) -> None:
         idle_ms = int(self.options.reclaim_idle_seconds * 1000)
@@ -342,6 +353,10 @@ class GroupConsumer:
             if consumer.get("pending", 0) == 0 and idle > threshold_ms and name not in self.names:
                 await self.redis.xgroup_delconsumer(self.spec.stream, self.spec.group, name)
                 self._log.info("removed departed consumer", consumer=name, idle_ms=idle)
+
+    async def _retry(self, name: str, entry_id: bytes, min_idle_ms: int) -> None:
+        async with self._retry_slots:
+            await self._claim_and_handle(name, [entry_id], min_idle_ms)
 
     async def _claim_and_handle(self, name: str, entry_ids: list[bytes], min_idle_ms: int) -> None:
         try:
