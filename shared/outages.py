@@ -19,6 +19,8 @@ POSTGRES_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     # asyncpg's own state error when it finds a connection the server dropped mid-operation
     asyncpg.InternalClientError,
+    # a pooled connection the server closed, e.g. by a restart, found on its next use
+    asyncpg.ConnectionDoesNotExistError,
 )
 OUTAGE_ERRORS = (ConnectionError, PoolTimeoutError, *POSTGRES_OUTAGE_ERRORS)
 

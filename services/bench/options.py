@@ -122,7 +122,10 @@ def check_options(args: argparse.Namespace) -> str | None:
         conflicting = [name for name in OWN_SYSTEM_OPTIONS if getattr(args, name)]
         if conflicting:
             flags = ", ".join("--" + name.replace("_", "-") for name in conflicting)
-            return f"{flags} configure a system the bench starts; leave out --url or {flags}"
+            return (
+                f"cannot combine --url with {flags}: options of a system the bench starts "
+                "do not apply to a running one"
+            )
         if not args.url.startswith("http://"):
             return f"--url must be an http:// URL (got {args.url!r})"
     if args.scenario == "demo" and args.rates:

@@ -8,7 +8,7 @@ import json
 import random
 from collections.abc import Sequence
 
-from services.bench.load import build_post
+from services.bench.client import build_post
 
 PRODUCT_COUNT = 100
 MAX_QUANTITY = 5

@@ -51,6 +51,7 @@ WARM_UP_ORDERS = 5
 # Covers the demo step times (about 6 s per order) on a machine still busy starting up.
 WARM_UP_TIMEOUT_SECONDS = 90.0
 CONTROL_TIMEOUT_SECONDS = 30.0
+INTERRUPTED_EXIT_CODE = 130  # the shell's code for a run ended by Ctrl-C
 
 
 class BenchError(RuntimeError):
@@ -69,6 +70,10 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     except BenchError as exc:
         print(f"orderflow bench: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Both arrive after the exit stack in _bench has stopped the system it started.
+        print("orderflow bench: interrupted; no result was written", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     print(summary_table(result))
     print(f"\nwrote {out / 'result.json'}, {out / 'report.md'} and the plots")
     return 0
@@ -204,7 +209,13 @@ async def warm_up(client: httpx.AsyncClient, backlog: BacklogReader, run_id: str
     customer = f"bench-{run_id}-warm-up"
     rng = random.Random(run_id)
     for _ in range(WARM_UP_ORDERS):
-        response = await client.post("/api/v1/orders", json=order_body(rng, customer))
+        try:
+            response = await client.post("/api/v1/orders", json=order_body(rng, customer))
+        except httpx.TransportError as exc:
+            raise BenchError(
+                f"could not reach the gateway at {client.base_url}: {exc!r}; "
+                "start the system or check --url"
+            ) from exc
         if response.status_code != 201:
             raise BenchError(
                 f"warm-up order was rejected with status {response.status_code}: "

@@ -104,6 +104,8 @@ class LocalSystem:
             env["ORDERFLOW_CONSUMER_BASE"] = str(self.options.consumer_base)
         env.update(await self._servers())
         log_path = self.options.log_path or self.data_dir / "up.log"
+        # NOTE: the system runs in a session of its own, so only this object's stop() ends
+        # it. A bench killed with SIGKILL leaves it running; SIGINT and SIGTERM do not.
         with log_path.open("ab") as log_file:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,

@@ -36,11 +36,12 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _rate_target(name: str, goal: float, measured: float, condition: str) -> dict[str, Any]:
     share = measured / goal
+    share_text = f"{share:.1%}" if share < 0.1 else f"{share:.0%}"
     status = "met" if measured >= goal else "not met"
     return {
         "name": name,
         "status": status,
-        "detail": f"{measured:,.0f}/s {condition} is {share:.0%} of the {goal:,.0f}/s target",
+        "detail": f"{measured:,.0f}/s {condition} is {share_text} of the {goal:,.0f}/s target",
     }
 
 

@@ -27,6 +27,7 @@ from shared.streams.dlq import (
     purge_dead_letters,
     replay_dead_letters,
 )
+from shared.streams.groups import oldest_pending_age_ms
 from shared.tiers import Tier, TierMap
 
 MAX_LISTED = 500
@@ -113,12 +114,7 @@ async def describe_streams(redis: Redis, tiers: TierMap) -> list[dict[str, Any]]
 
 
 async def _oldest_pending_age_ms(redis: Redis, stream: str, group: str, now_ms: int) -> int | None:
-    summary = await redis.xpending(stream, group)
-    if not summary["pending"]:
-        return None
-    oldest = summary["min"]
-    oldest_text = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
-    return max(now_ms - int(oldest_text.partition("-")[0]), 0)
+    return await oldest_pending_age_ms(redis, stream, group, now_ms)
 
 
 def _tiers(state: State) -> TierMap:

@@ -19,6 +19,7 @@ from shared.metrics import (
     STREAM_BACKLOG,
     STREAM_LENGTH,
 )
+from shared.streams.groups import oldest_pending_age_ms
 from shared.tasks import cancel_and_wait
 
 log = structlog.get_logger("orderflow.backlog")
@@ -62,13 +63,10 @@ async def _record_group(
     GROUP_PENDING.labels(stream, name).set(pending)
     GROUP_LAG.labels(stream, name).set(lag)
     GROUP_CONSUMERS.labels(stream, name).set(int(group.get("consumers", 0)))
-    age = 0.0
+    age_ms = None
     if pending:
-        summary = await redis.xpending(stream, name)
-        oldest = summary["min"]
-        oldest_text = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
-        age = max(time.time() - int(oldest_text.partition("-")[0]) / 1000, 0.0)
-    GROUP_OLDEST_PENDING_AGE.labels(stream, name).set(age)
+        age_ms = await oldest_pending_age_ms(redis, stream, name, int(time.time() * 1000))
+    GROUP_OLDEST_PENDING_AGE.labels(stream, name).set((age_ms or 0) / 1000)
 
 
 class BacklogMonitor:

@@ -14,7 +14,9 @@ def make_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
         database_url,
         pool_size=pool_size,
         max_overflow=0,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout. A connection that died with a
+        # database restart fails its first statement, which callers treat as an outage.
+        pool_recycle=1800,
         pool_timeout=10,
     )
 

@@ -119,3 +119,17 @@ async def trim_acknowledged(redis: Redis, stream: str, expected_groups: frozense
         return 0
     removed: int = await redis.xtrim(stream, minid=min_id, approximate=False)
     return removed
+
+
+async def oldest_pending_age_ms(redis: Redis, stream: str, group: str, now_ms: int) -> int | None:
+    """Return the age of the group's oldest unacknowledged entry, from its id; None if none.
+
+    The summary can be empty even when XINFO just counted pending entries, since they may
+    have been acknowledged in between.
+    """
+    summary = await redis.xpending(stream, group)
+    oldest = summary.get("min") if summary.get("pending") else None
+    if oldest is None:
+        return None
+    millis, _ = _parse_id(oldest)
+    return max(now_ms - millis, 0)

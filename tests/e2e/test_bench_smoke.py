@@ -17,7 +17,8 @@ import pytest
 import redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.bench.load import OpenLoopGenerator, RateProfile, build_post
+from services.bench.client import build_post
+from services.bench.load import OpenLoopGenerator, RateProfile
 from shared.settings import Settings
 
 pytestmark = [pytest.mark.e2e]
