@@ -1,7 +1,7 @@
 """Admin API: streams, consumer groups, consumers and dead letters.
 
 With `ORDERFLOW_ADMIN_TOKEN` set, every admin route needs `Authorization: Bearer <token>`.
-Without it, the read routes are open and the routes that change anything answer 403.
+Without it, the read routes are open and the routes that change anything return 403.
 """
 
 import hmac

@@ -1,4 +1,5 @@
-"""The order request body, its validation rules, and parsing that never fails with a 500."""
+"""The order request body, its validation rules, and parsing that turns every bad body into
+InvalidInput (a 400), never an unhandled error."""
 
 import hashlib
 import json
@@ -21,7 +22,7 @@ from shared.errors import InvalidInput
 
 MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
-# NUMERIC(12, 2) holds at most ten digits before the point.
+# NUMERIC(12, 2) stores at most ten digits before the point.
 MAX_AMOUNT = Decimal("9999999999.99")
 MAX_UNIT_PRICE = Decimal("99999999.99")
 CENT = Decimal("0.01")

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import (
 
 
 def make_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
-    """Build the process's engine; it holds at most `pool_size` connections."""
+    """Build the process's engine, which opens at most `pool_size` connections."""
     return create_async_engine(
         database_url,
         pool_size=pool_size,

@@ -35,7 +35,7 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> bool:
 def is_missing_group(exc: ResponseError) -> bool:
     """Tell whether a read failed because the group or its stream is gone.
 
-    Redis answers NOGROUP for a missing group, and ends a blocked XREADGROUP with
+    Redis replies NOGROUP for a missing group, and ends a blocked XREADGROUP with
     UNBLOCKED when its stream is deleted.
     """
     return "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)
