@@ -110,6 +110,20 @@ class OrderService:
             order=self._view(row, _item_rows(order_id, request), []), replayed=False
         )
 
+    async def find_replay(self, request: OrderRequest, idempotency_key: str) -> CreatedOrder | None:
+        """Return the order stored under `idempotency_key`, or None if there is none yet.
+
+        The gateway asks before shedding load, so a client retrying an accepted order gets
+        its answer even while new orders are refused.
+        """
+        async with self.sessions() as session:
+            found = await session.execute(
+                select(Order.id).where(Order.idempotency_key == idempotency_key)
+            )
+            if found.scalar_one_or_none() is None:
+                return None
+            return await self._replay(session, idempotency_key, request.fingerprint())
+
     async def _replay(
         self, session: AsyncSession, key: str | None, fingerprint: str | None
     ) -> CreatedOrder:

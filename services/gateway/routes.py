@@ -56,6 +56,8 @@ async def create_order(request: Request[Any, Any, Any], state: State) -> Respons
         raise InvalidInput({"Idempotency-Key": f"must be 1 to {limit} characters"})
     order_request = validate_model(OrderRequest, parse_json_body(await request.body()))
 
+    if key is not None and (replay := await _orders(state).find_replay(order_request, key)):
+        return json_response(replay.order, HTTP_201_CREATED, **{"Idempotent-Replayed": "true"})
     backlog: BacklogMonitor = state.backlog
     backlog.check()
 

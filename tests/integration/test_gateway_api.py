@@ -637,3 +637,24 @@ def test_post_never_500_for_fuzzed_number(sync_gateway: TestClient[Any]) -> None
         assert response.status_code in (201, 400), response.text
 
     post_number()
+
+
+async def test_idempotent_replay_answers_while_shedding(
+    settings: Settings, sessions: Sessions, redis: Redis
+) -> None:
+    body = order_for("replay-while-shedding")
+    headers = {"Idempotency-Key": "replay-while-shedding-key"}
+
+    async with open_gateway(settings) as client:
+        first = await client.post(ORDERS, json=body, headers=headers)
+        # Any backlog, even an empty one, is now above the limit.
+        client.app.state.backlog.limit = -1
+        replay = await client.post(ORDERS, json=body, headers=headers)
+        fresh = await client.post(ORDERS, json=order_for("new-while-shedding"))
+
+    assert first.status_code == 201
+    assert replay.status_code == 201
+    assert replay.json()["id"] == first.json()["id"]
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert fresh.status_code == 503
+    assert "Retry-After" in fresh.headers
