@@ -7,6 +7,8 @@ stops every child (SIGTERM, then SIGKILL after the grace period) and the embedde
 """
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import selectors
 import signal
@@ -24,6 +26,7 @@ from shared.settings import Settings
 
 CHILD_GRACE_SECONDS = 7.0
 RESTART_BACKOFF_CAP_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 SERVICE_NAMES = ("payments", "inventory", "notifications", "analytics")
 # /metrics of the services (9101 to 9104, in SERVICE_NAMES order) and of the relay; the
@@ -137,6 +140,8 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=child_env,
+            # The supervisor runs no threads, so preexec_fn cannot deadlock here.
+            preexec_fn=_terminate_with_parent,  # noqa: PLW1509
             start_new_session=True,
         )
         os.set_blocking(child.process.stdout.fileno(), False)  # type: ignore[union-attr]
@@ -222,6 +227,15 @@ class Supervisor:
             f"-d @docs/sample-order.json\n",
             flush=True,
         )
+
+
+def _terminate_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this child when `up` dies, even by SIGKILL.
+
+    Without it, children of a killed `up` keep their ports and the next `up` cannot bind.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(process: "subprocess.Popen[bytes]", signum: int) -> None:

@@ -175,6 +175,8 @@ def parse_json_body(raw: bytes) -> Any:
         return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
     except (ValueError, InvalidOperation) as exc:
         raise InvalidInput({"body": f"request body is not valid JSON: {exc}"}) from exc
+    except RecursionError as exc:
+        raise InvalidInput({"body": "request body nests arrays or objects too deeply"}) from exc
 
 
 def _reject_constant(name: str) -> None:

@@ -384,3 +384,13 @@ def test_order_rejects_price_when_huge_magnitude(literal: str) -> None:
     problems = problems_of(price_literal(literal))
 
     assert list(problems) == ["items.0.unit_price"]
+
+
+def test_order_rejects_body_when_nested_too_deeply() -> None:
+    raw = b'{"notes": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+    with pytest.raises(InvalidInput) as raised:
+        validate_model(OrderRequest, parse_json_body(raw))
+
+    assert list(raised.value.problems) == ["body"]
+    assert "too deeply" in raised.value.problems["body"]
