@@ -5,7 +5,11 @@ import asyncio
 import sys
 from collections.abc import Callable
 
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from shared.logs import configure_logging
+from shared.outages import is_dependency_outage
 from shared.settings import Settings, get_settings
 
 SERVICES = ("payments", "inventory", "notifications", "analytics")
@@ -236,7 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[Settings, argparse.Namespace], int] = args.handler
-    return handler(get_settings(), args)
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        print(f"error: invalid ORDERFLOW_* setting:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        return handler(settings, args)
+    except Exception as exc:
+        if not is_dependency_outage(exc) and not isinstance(exc, RedisConnectionError):
+            raise
+        print(
+            f"error: a server is unreachable ({type(exc).__name__}: {exc}); check "
+            "ORDERFLOW_DATABASE_URL and ORDERFLOW_REDIS_URL, and that the servers run",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
