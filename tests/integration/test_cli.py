@@ -1,8 +1,10 @@
 """The `orderflow` command's handling of settings and servers it cannot use."""
 
+import logging
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from services.cli import main
 from shared.settings import get_settings
@@ -16,11 +18,15 @@ CLOSED_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:1/postgres"
 
 @pytest.fixture(autouse=True)
 def fresh_settings() -> Iterator[None]:
-    # main() reads settings through a cache; clear it so neither this test's environment
-    # nor an earlier one leaks across tests.
+    # main() reads settings through a cache and configures logging globally; undo both, so
+    # nothing of one test's environment leaks into another.
     get_settings.cache_clear()
+    root_handlers = list(logging.getLogger().handlers)
     yield
     get_settings.cache_clear()
+    # main() configures logging to this test's captured stderr, which closes after it.
+    structlog.reset_defaults()
+    logging.getLogger().handlers[:] = root_handlers
 
 
 @pytest.mark.parametrize(
