@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser(
         "up",
         help="run the whole system in the foreground; Ctrl-C stops it",
-        description="Start embedded Redis and PostgreSQL when none answers, migrate, and run "
+        description="Start embedded Redis and PostgreSQL when none responds, migrate, and run "
         "the gateway, relay, services and SMTP catcher with one prefixed log stream.",
     )
     up.add_argument(

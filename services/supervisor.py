@@ -1,6 +1,6 @@
 """`orderflow up`: the whole system in the foreground, one log stream prefixed by process.
 
-It starts embedded Redis and PostgreSQL when none is configured or answering, migrates,
+It starts embedded Redis and PostgreSQL when none is configured or responding, migrates,
 then runs the gateway, the relay, the four services and the SMTP catcher as child
 processes. A child that exits unexpectedly is restarted after a backoff. Ctrl-C or SIGTERM
 stops every child (SIGTERM, then SIGKILL after the grace period) and the embedded servers.
@@ -140,7 +140,7 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=child_env,
-            # The supervisor runs no threads, so preexec_fn cannot deadlock here.
+            # preexec_fn can deadlock in a process with threads; the supervisor starts none.
             preexec_fn=_terminate_with_parent,  # noqa: PLW1509
             start_new_session=True,
         )

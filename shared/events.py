@@ -31,7 +31,7 @@ class OrderLine(BaseModel):
 
 
 class OrderSnapshot(BaseModel):
-    """What every service needs to know about an order, carried inside `OrderCreated`."""
+    """The order data every service needs, carried inside `OrderCreated`."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -73,7 +73,7 @@ def consumer_options(settings: Settings, work: WorkType) -> ConsumerOptions:
 
 
 class InjectedFault(Exception):
-    """The failure that ORDERFLOW_FAULT_INJECTION asks for; only tests turn it on."""
+    """The failure ORDERFLOW_FAULT_INJECTION requests. Only tests and chaos runs turn it on."""
 
 
 def with_fault_injection(binding: WorkBinding, fault: FaultInjection | None) -> WorkBinding:

@@ -73,8 +73,8 @@ class TierMap:
 
     def streams_for(self, works: frozenset[WorkType]) -> list[str]:
         """Return the streams that carry at least one of `works`, in tier order."""
-        wanted = {self.tier_of(work) for work in works}
-        return [self.stream(tier) for tier in Tier if tier in wanted]
+        tiers_needed = {self.tier_of(work) for work in works}
+        return [self.stream(tier) for tier in Tier if tier in tiers_needed]
 
     def consumer_count(self, work: WorkType, base: int) -> int:
         return TIER_WEIGHTS[self.tier_of(work)] * base

@@ -1,6 +1,6 @@
 """Fixtures for real Redis and PostgreSQL.
 
-The servers on the default local ports are used when they answer; otherwise embedded ones
+The servers on the default local ports are used when they respond; otherwise embedded ones
 are started for the test session. Each session gets its own database, dropped at the end,
 and each test its own stream prefix, whose keys are deleted after the test.
 """

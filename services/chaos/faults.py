@@ -19,6 +19,7 @@ from services.chaos.load import LoadGenerator
 from services.chaos.system import ChaosSystem
 from shared.ids import event_id_for
 from shared.streams.groups import DEAD_LETTER_FIELD_PREFIX
+from shared.streams.replies import as_text
 from shared.tiers import GROUP_NAMES, Tier, WorkType
 
 POSTGRES_OUTAGE_SECONDS = 5.0
@@ -228,7 +229,7 @@ class FaultInjector:
                 entries = [entry for _, batch in batches for entry in batch]
         finally:
             await client.aclose()
-        ids = [_text(entry_id) for entry_id, _ in entries]
+        ids = [as_text(entry_id) for entry_id, _ in entries]
         self.injected.dead_consumer_entries.extend(ids)
         record.detail = (
             f"XREADGROUP of {len(ids)} entries as {DEAD_CONSUMER!r} in group "
@@ -285,7 +286,7 @@ class FaultInjector:
         }
         client = self.system.redis()
         try:
-            entry_id = _text(await client.xadd(stream, cast(Any, fields)))
+            entry_id = as_text(await client.xadd(stream, cast(Any, fields)))
         finally:
             await client.aclose()
         self.injected.malformed_entry_id = entry_id
@@ -324,10 +325,6 @@ class FaultInjector:
     def _tier_of_group(self, group: str) -> Tier:
         work = next(work for work, name in GROUP_NAMES.items() if name == group)
         return self.system.tiers.tier_of(work)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _field(fields: dict[bytes, bytes], name: str) -> str:

@@ -15,6 +15,7 @@ from services.chaos.system import ChaosSystem
 from services.notifications.catcher import eml_file_name
 from shared.ids import event_id_for
 from shared.streams.groups import DEAD_LETTER_FIELD_PREFIX
+from shared.streams.replies import as_text
 from shared.tiers import Tier
 
 FINAL_STATUSES = ("shipped", "cancelled", "payment_failed")
@@ -352,10 +353,10 @@ async def _check_streams(system: ChaosSystem, injected: Injected) -> Check:
     try:
         for stream in system.tiers.all_streams():
             for info in await client.xinfo_groups(stream):
-                group = _text(info["name"])
+                group = as_text(info["name"])
                 pending[f"{stream}/{group}"] = int(info["pending"])
                 for consumer in await client.xinfo_consumers(stream, group):
-                    if _text(consumer["name"]) == DEAD_CONSUMER:
+                    if as_text(consumer["name"]) == DEAD_CONSUMER:
                         dead_consumer_left += int(consumer["pending"])
     finally:
         await client.aclose()
@@ -367,10 +368,6 @@ async def _check_streams(system: ChaosSystem, injected: Injected) -> Check:
         f"{dead_consumer_left} of the {len(injected.dead_consumer_entries)} entries read by "
         f"{DEAD_CONSUMER!r} still pending on it",
     )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _check_gateway_errors(load: LoadRecord) -> Check:

@@ -3,7 +3,7 @@
 The client behaves as a careful real one does. Every order carries an Idempotency-Key. A
 request that fails on the way (a refused connection, a 503 or 429) is sent again with the
 same key after the Retry-After delay, capped so that the load keeps its pace. Every status
-the gateway answers is recorded, so the checks can tell a shed request from a server error.
+the gateway returns is recorded, so the checks can tell a shed request from a server error.
 """
 
 import asyncio
@@ -73,7 +73,7 @@ class LoadRecord:
     replays: int = 0
     conflicts: int = 0
     cancels: Counter[int] = field(default_factory=Counter)
-    abandoned: int = 0  # requests given up at the deadline without a final answer
+    abandoned: int = 0  # requests given up at the deadline without a final response
     bursts: list[list[str | None]] = field(default_factory=list)
 
 
@@ -227,7 +227,7 @@ class LoadGenerator:
             return None
         if response.status_code != 201:
             self.record.unexpected.append(
-                f"POST /api/v1/orders with key {key} answered {response.status_code}: "
+                f"POST /api/v1/orders with key {key} returned {response.status_code}: "
                 f"{response.text[:200]}"
             )
             return None
@@ -248,7 +248,7 @@ class LoadGenerator:
         )
         if response is not None and response.status_code != 422:
             self.record.unexpected.append(
-                f"reusing key {key} with another body answered {response.status_code}, expected 422"
+                f"reusing key {key} with another body returned {response.status_code}, expected 422"
             )
 
     async def cancel(self, order_id: str) -> None:
@@ -261,7 +261,7 @@ class LoadGenerator:
         self.record.cancels[response.status_code] += 1
         if response.status_code not in {200, 409}:
             self.record.unexpected.append(
-                f"cancel of {order_id} answered {response.status_code}: {response.text[:200]}"
+                f"cancel of {order_id} returned {response.status_code}: {response.text[:200]}"
             )
 
     async def _send(

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from shared.db.migrate import upgrade_to_head
 from shared.embedded import LOOPBACK_HOST, EmbeddedPostgres, EmbeddedRedis
+from shared.streams.replies import as_text
 from shared.tiers import GROUP_NAMES, TierMap, WorkType
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -233,7 +234,7 @@ class ChaosSystem:
             for work in WorkType:
                 stream = self.tiers.stream_of(work)
                 groups = {
-                    _text(info["name"]): int(info["consumers"])
+                    as_text(info["name"]): int(info["consumers"])
                     for info in await client.xinfo_groups(stream)
                 }
                 if groups.get(GROUP_NAMES[work], 0) == 0:
@@ -345,7 +346,3 @@ class ChaosSystem:
 def _signal_group(process: "subprocess.Popen[bytes]", signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signum)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -28,6 +28,7 @@ from shared.streams.dlq import (
     replay_dead_letters,
 )
 from shared.streams.groups import oldest_pending_age_ms
+from shared.streams.replies import as_text
 from shared.tiers import Tier, TierMap
 
 MAX_LISTED = 500
@@ -64,10 +65,6 @@ def admin_write_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
         )
 
 
-def _text(value: object) -> object:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def describe_streams(redis: Redis, tiers: TierMap) -> list[dict[str, Any]]:
     """Return each tier stream with its length, groups, consumers and dead-letter count."""
     dead = await count_dead_letters(redis, tiers)
@@ -81,7 +78,7 @@ async def describe_streams(redis: Redis, tiers: TierMap) -> list[dict[str, Any]]
         except ResponseError:
             raw_groups = []
         for info in raw_groups:
-            name = str(_text(info["name"]))
+            name = str(as_text(info["name"]))
             consumers = await redis.xinfo_consumers(stream, name)
             oldest_ms = await _oldest_pending_age_ms(redis, stream, name, now_ms)
             groups.append(
@@ -89,11 +86,11 @@ async def describe_streams(redis: Redis, tiers: TierMap) -> list[dict[str, Any]]
                     "name": name,
                     "pending": info["pending"],
                     "lag": info.get("lag"),
-                    "last_delivered_id": _text(info["last-delivered-id"]),
+                    "last_delivered_id": as_text(info["last-delivered-id"]),
                     "oldest_pending_age_ms": oldest_ms,
                     "consumers": [
                         {
-                            "name": _text(consumer["name"]),
+                            "name": as_text(consumer["name"]),
                             "pending": consumer["pending"],
                             "idle_ms": consumer["idle"],
                         }

@@ -1,7 +1,7 @@
 """The one place where errors become HTTP responses.
 
-Every error a client can cause maps to a 4xx; PostgreSQL or Redis being unreachable maps
-to 503 with Retry-After; only a bug in orderflow itself ends as a 500.
+Every error a client can cause maps to a 4xx. PostgreSQL or Redis being unreachable maps
+to 503 with Retry-After, so only a bug in orderflow itself ends as a 500.
 """
 
 import asyncio
@@ -112,9 +112,12 @@ def dependency_error_response(request: Request[Any, Any, Any], exc: Exception) -
 
 
 def unexpected_error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    # A connection PostgreSQL dropped while it shuts down or restarts surfaces as a plain
-    # DBAPIError or as asyncpg's own error, neither of which DEPENDENCY_ERRORS covers.
-    if is_dependency_outage(exc):
+    """Map every other error: 503 when a dependency is down, 500 for a bug in orderflow.
+
+    The outage test is the one the consumers use, widened by DEPENDENCY_ERRORS for errors a
+    request can meet that a handler cannot, such as a missing database socket.
+    """
+    if isinstance(exc, DEPENDENCY_ERRORS) or is_dependency_outage(exc):
         return dependency_error_response(request, exc)
     log.error("unexpected error", path=request.url.path, exc_info=exc)
     detail = "internal error; the request was not completed, please retry"
@@ -128,6 +131,5 @@ EXCEPTION_HANDLERS: Any = {
     OrderflowError: orderflow_error_response,
     ValidationException: validation_error_response,
     HTTPException: http_error_response,
-    **dict.fromkeys(DEPENDENCY_ERRORS, dependency_error_response),
     Exception: unexpected_error_response,
 }

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 from services.gateway.admin import admin_read_guard
 from services.gateway.routes import json_response
 from shared.logs import RepeatLimiter
+from shared.streams.replies import as_text
 from shared.tasks import cancel_and_wait
 from shared.tiers import Tier, TierMap
 
@@ -131,7 +132,7 @@ class ThroughputSampler:
             for info in groups:
                 entries_read = _entries_read(info)
                 if entries_read is not None:
-                    counters[(tier.value, _text(info["name"]))] = GroupCounters(
+                    counters[(tier.value, as_text(info["name"]))] = GroupCounters(
                         entries_read, int(info["pending"])
                     )
         self._add(Sample(int(time.time() * 1000), time.monotonic(), counters))
@@ -219,13 +220,9 @@ def _entries_read(info: dict[str, Any]) -> int | None:
     entries_read = info.get("entries-read")
     if entries_read is not None:
         return int(entries_read)
-    if _text(info.get("last-delivered-id", b"")) == "0-0":
+    if as_text(info.get("last-delivered-id", b"")) == "0-0":
         return 0
     return None
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _static(name: str, media_type: str) -> File:

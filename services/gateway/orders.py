@@ -113,8 +113,8 @@ class OrderService:
     async def find_replay(self, request: OrderRequest, idempotency_key: str) -> CreatedOrder | None:
         """Return the order stored under `idempotency_key`, or None if there is none yet.
 
-        The gateway asks before shedding load, so a client retrying an accepted order gets
-        its answer even while new orders are refused.
+        The gateway checks this before shedding load, so a client retrying an accepted order gets
+        its order even while new orders are rejected.
         """
         async with self.sessions() as session:
             found = await session.execute(

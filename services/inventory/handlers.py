@@ -69,10 +69,10 @@ async def reserve_stock(ctx: InventoryContext, event: OrderCreated) -> None:
             await set_step(session, event.order_id, STEP, "skipped", f"order is {status}")
             return
 
-        wanted = quantities_by_product(event.order.items)
+        quantities = quantities_by_product(event.order.items)
         try:
             async with session.begin_nested():
-                await _take_stock(session, event.order_id, wanted)
+                await _take_stock(session, event.order_id, quantities)
         except OutOfStock as exc:
             await _cancel_for_missing_stock(session, event.order_id, str(exc))
             return
@@ -87,26 +87,30 @@ async def reserve_stock(ctx: InventoryContext, event: OrderCreated) -> None:
                 updated_at=datetime.now(UTC),
             )
         )
-        await set_step(session, event.order_id, STEP, "done", f"{len(wanted)} products reserved")
+        await set_step(
+            session, event.order_id, STEP, "done", f"{len(quantities)} products reserved"
+        )
         if ready:
             await add_to_outbox(session, OrderReadyToShip(order_id=event.order_id))
 
 
-async def _take_stock(session: AsyncSession, order_id: str, wanted: list[tuple[str, int]]) -> None:
-    for product_id, quantity in wanted:
-        taken = await session.execute(
+async def _take_stock(
+    session: AsyncSession, order_id: str, quantities: list[tuple[str, int]]
+) -> None:
+    for product_id, quantity in quantities:
+        reserved = await session.execute(
             update(Product)
             .where(Product.id == product_id, Product.stock >= quantity)
             .values(stock=Product.stock - quantity)
             .returning(Product.id)
         )
-        if taken.scalar_one_or_none() is None:
+        if reserved.scalar_one_or_none() is None:
             raise OutOfStock(product_id, quantity)
     await session.execute(
         insert(StockReservation),
         [
             {"order_id": order_id, "product_id": product_id, "quantity": quantity}
-            for product_id, quantity in wanted
+            for product_id, quantity in quantities
         ],
     )
 

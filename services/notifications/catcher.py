@@ -7,12 +7,9 @@ address or a private container network only.
 """
 
 import asyncio
-import contextlib
 import hashlib
-import os
 import re
 import signal
-import tempfile
 import uuid
 import weakref
 from email.parser import BytesHeaderParser
@@ -21,6 +18,8 @@ from pathlib import Path
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from shared.files import write_atomically
 
 logger = structlog.get_logger(__name__)
 
@@ -63,7 +62,7 @@ class EmlFileHandler:
         file_name = eml_file_name(None if message_id is None else str(message_id))
         path = self.folder / file_name
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_file_atomically(path, content)
+        write_atomically(path, content)
         return path
 
 
@@ -167,17 +166,3 @@ async def _serve_until_stopped(host: str, port: int, folder: Path) -> None:
         for stop_signal in stop_signals:
             loop.remove_signal_handler(stop_signal)
         await catcher.stop()
-
-
-def _write_file_atomically(path: Path, content: bytes) -> None:
-    descriptor, temp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(content)
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise

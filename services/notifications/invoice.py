@@ -5,10 +5,7 @@ The PDF uses fpdf2's built-in Helvetica, which covers Latin-1 only, so text is p
 so writing an invoice again after a redelivered event changes nothing.
 """
 
-import contextlib
-import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +15,8 @@ from pathlib import Path
 
 from fpdf import FPDF
 from fpdf.enums import Align, XPos, YPos
+
+from shared.files import write_atomically
 
 ORDER_ID_PATTERN = re.compile(r"ORD-[0-9A-Za-z-]{1,100}")
 
@@ -175,7 +174,7 @@ def write_invoice(doc: InvoiceDocument, folder: Path) -> Path:
     content = render_invoice_pdf(doc)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{doc.order_id}.pdf"
-    _write_file_atomically(path, content)
+    write_atomically(path, content, _INVOICE_FILE_MODE)
     return path
 
 
@@ -293,22 +292,3 @@ def _as_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
-
-
-def _write_file_atomically(path: Path, content: bytes) -> None:
-    descriptor, temp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
-            # mkstemp creates the file readable by its owner only, and the gateway, which
-            # serves invoices, may run as another user.
-            os.fchmod(file.fileno(), _INVOICE_FILE_MODE)
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise

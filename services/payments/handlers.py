@@ -39,7 +39,7 @@ async def charge_order(ctx: PaymentsContext, event: OrderCreated) -> None:
     """Move the order to `payment_processing`, charge it, and record the outcome.
 
     The charge happens between two transactions, so no database connection is held while
-    the provider answers. A redelivered event resumes at the charge, which the provider
+    the provider responds. A redelivered event resumes at the charge, which the provider
     deduplicates by the order id.
     """
     if not await _start_processing(ctx, event):

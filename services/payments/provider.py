@@ -1,7 +1,7 @@
 """Payment-provider adapter and the simulated provider used by default.
 
 The simulated provider declines a charge above `ORDERFLOW_PAYMENT_LIMIT` (the card limit,
-50,000.00 by default) and approves every other one. Its answers depend only on the
+50,000.00 by default) and approves every other one. Its results depend only on the
 idempotency key and the amount, so a retried charge gets the same result and reference.
 """
 

@@ -19,7 +19,7 @@ async def mark_processed(session: AsyncSession, group: str, event_id: str) -> bo
     """Record that `group` handled `event_id`; return False if it already had.
 
     Call it first inside the transaction of the effect: a concurrent duplicate then waits
-    on the primary key until this transaction ends and sees the marker.
+    on the primary key until this transaction ends, then finds the marker.
     """
     result = await session.execute(
         insert(ProcessedEvent)
@@ -48,7 +48,7 @@ async def set_step(
     """Set one step's state, and record the order's latency metrics when the step ends.
 
     NOTE: the latency is observed before the caller commits, so a rolled-back transaction
-    still counts; two steps ending at the same moment may both miss the last-step figure.
+    still counts. Two steps ending at the same moment may both miss the last-step figure.
     """
     now = datetime.now(UTC)
     other = aliased(OrderStep)

@@ -2,7 +2,7 @@
 
 A dead letter is named `TIER:ENTRY_ID` (for example `default:1733300000000-0`), since entry
 ids are unique only within one stream. Replaying appends the original entry to its tier
-stream again; every group of that tier sees it, and the groups that had handled the event
+stream again; every group of that tier receives it, and the groups that had handled the event
 skip it by its event id.
 """
 
@@ -114,8 +114,10 @@ async def _select(
     selected: list[tuple[Tier, bytes, dict[bytes, bytes]]] = []
     if references:
         for reference in references:
-            tier, wanted_id = parse_reference(reference)
-            entries = await _xrange(redis, tiers.dead_letter_stream(tier), wanted_id, wanted_id)
+            tier, entry_id_text = parse_reference(reference)
+            entries = await _xrange(
+                redis, tiers.dead_letter_stream(tier), entry_id_text, entry_id_text
+            )
             if not entries:
                 raise DeadLetterNotFound(reference)
             selected.append((tier, entries[0][0], entries[0][1]))

@@ -7,6 +7,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from shared.streams.replies import as_text
+
 DEAD_LETTER_FIELD_PREFIX = "dead-"
 
 # KEYS: the stream, its dead-letter stream. ARGV: the group, the entry id, then field/value
@@ -74,10 +76,6 @@ async def dead_letter(
     await redis.eval(DEAD_LETTER_SCRIPT, 2, stream, dead_letter_stream, *arguments)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _parse_id(entry_id: bytes | str) -> tuple[int, int]:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     millis, _, seq = text.partition("-")
@@ -95,7 +93,7 @@ async def safe_trim_id(redis: Redis, stream: str, expected_groups: frozenset[str
         groups = await redis.xinfo_groups(stream)
     except ResponseError:
         return None
-    names = {_text(info["name"]) for info in groups}
+    names = {as_text(info["name"]) for info in groups}
     if not groups or not expected_groups <= names:
         return None
 
