@@ -80,14 +80,20 @@ def run_chaos(options: ChaosOptions) -> int:
     root = Path(tempfile.mkdtemp(prefix="orderflow-chaos-"))
     root.chmod(0o755)  # the embedded PostgreSQL runs as its own account when run as root
     system = ChaosSystem(root, TIMINGS)
-    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT takes the same path as SIGTERM: KeyboardInterrupt out of the event loop at
+    # once, instead of asyncio's default of cancelling the main task, which a run busy in
+    # a long step could take more than the stop limit to act on.
+    previous_handlers = {
+        signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         return asyncio.run(_run(system, options))
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process and server", flush=True)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         for problem in system.shutdown():
             print(f"warning: {problem}", flush=True)
         if options.keep_data:
