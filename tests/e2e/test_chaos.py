@@ -131,6 +131,9 @@ def test_chaos_stops_everything_when_interrupted() -> None:
         output, _ = process.communicate(timeout=STOP_LIMIT_SECONDS)
     finally:
         if process.poll() is None:
+            # Kill the whole tree, so a run that ignored the interrupt leaves nothing behind.
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
             process.kill()
             process.wait()
 
